@@ -1,0 +1,371 @@
+"""The billing engine: open, finalize and advance an office's cycles (spec §4–§7).
+
+Every function here runs inside a transaction that holds the office's lock
+(`lock_office`). They are set-based: opening or finalizing a cycle is a handful of
+queries whatever the number of patients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from audit.services import audit_record
+from billing.cycles import next_boundary_after, zone
+from billing.models import (
+    Invoice,
+    InvoiceKind,
+    InvoiceNumberSequence,
+    InvoiceStatus,
+    LineItem,
+    LineKind,
+    Plan,
+    PlanChange,
+    PlanChangeKind,
+    PushState,
+)
+from billing.push import request_push
+from offices.models import CollectionMethod, Office, SubscriptionStatus
+from patients.models import ActivationInterval
+
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass
+class AdvanceStats:
+    finalized: int = 0
+    opened: int = 0
+    lines: int = 0
+    amount_finalized_cents: int = 0
+
+    def add(self, other: AdvanceStats) -> None:
+        self.finalized += other.finalized
+        self.opened += other.opened
+        self.lines += other.lines
+        self.amount_finalized_cents += other.amount_finalized_cents
+
+
+def lock_office(office_id: int) -> Office:
+    """The office's billing lock: every billing write for an office takes it first."""
+    return Office.objects.select_for_update().get(pk=office_id)
+
+
+# --- Reads that the engine needs -------------------------------------------------------
+
+
+def plan_in_force(*, office: Office, cycle_start: datetime) -> Plan:
+    """The latest subscription at or before C.start, replaced by the latest plan change
+    requested strictly before C.start (and after that subscription) — spec §5."""
+    sub = (
+        PlanChange.objects.filter(office=office, kind=PlanChangeKind.SUBSCRIBE, requested_at__lte=cycle_start)
+        .select_related("plan")
+        .order_by("-requested_at", "-id")
+        .first()
+    )
+    if sub is None:
+        raise LookupError(f"office {office.pk} has no subscription at {cycle_start.isoformat()}")
+    change = (
+        PlanChange.objects.filter(
+            office=office,
+            kind=PlanChangeKind.CHANGE,
+            requested_at__lt=cycle_start,
+            requested_at__gte=sub.requested_at,
+        )
+        .select_related("plan")
+        .order_by("-requested_at", "-id")
+        .first()
+    )
+    return (change or sub).plan
+
+
+def current_draft(office: Office) -> Invoice | None:
+    return Invoice.objects.filter(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT).first()
+
+
+def is_active_at(*, patient_id: int, instant: datetime) -> bool:
+    return (
+        ActivationInterval.objects.filter(patient_id=patient_id, activated_at__lte=instant)
+        .filter(Q(deactivated_at__isnull=True) | Q(deactivated_at__gt=instant))
+        .exists()
+    )
+
+
+# --- Patient lines, set-based ----------------------------------------------------------
+
+_KIND_AT_START = """CASE WHEN EXISTS (
+        SELECT 1 FROM patients_activationinterval s
+        WHERE s.patient_id = p.id AND s.activated_at <= %s AND (s.deactivated_at IS NULL OR s.deactivated_at > %s)
+    ) THEN 'recurring' ELSE 'activation' END"""
+
+_DESCRIPTION = (
+    "CASE WHEN {kind} = 'recurring' THEN 'Active patient ' || p.billing_ref "
+    "ELSE 'Patient activated during the period ' || p.billing_ref END"
+)
+
+
+def _dt(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def insert_recurring_lines(*, invoice: Invoice, unit_cents: int) -> int:
+    """One `recurring` line per patient active at the instant C.start (one INSERT … SELECT)."""
+    start = _dt(invoice.period_start)  # type: ignore[arg-type]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO billing_lineitem
+                (invoice_id, kind, patient_id, patient_ref, description, quantity,
+                 unit_amount_cents, amount_cents, created_at)
+            SELECT %s, 'recurring', p.id, p.billing_ref, 'Active patient ' || p.billing_ref, 1, %s, %s, %s
+            FROM patients_activationinterval a
+            JOIN patients_patient p ON p.id = a.patient_id
+            WHERE a.office_id = %s AND a.activated_at <= %s AND (a.deactivated_at IS NULL OR a.deactivated_at > %s)
+            """,
+            [invoice.pk, unit_cents, unit_cents, _dt(timezone.now()), invoice.office_id, start, start],
+        )
+        return cursor.rowcount
+
+
+def reconcile_patient_lines(*, invoice: Invoice, unit_cents: int) -> tuple[int, int]:
+    """Make the draft's patient lines equal the billable patients of [start, end) computed
+    from the history (spec §5): remove lines of patients never active in the period, add
+    the missing ones with the kind the history gives. Returns (added, removed)."""
+    start, end = _dt(invoice.period_start), _dt(invoice.period_end)  # type: ignore[arg-type]
+    billable = """EXISTS (
+        SELECT 1 FROM patients_activationinterval a
+        WHERE a.patient_id = {p}.id AND a.activated_at < %s AND (a.deactivated_at IS NULL OR a.deactivated_at > %s))"""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            DELETE FROM billing_lineitem
+            WHERE invoice_id = %s AND patient_id IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM patients_patient p WHERE p.id = billing_lineitem.patient_id AND {billable.format(p="p")})
+            """,  # noqa: S608 - only our own constant fragments are formatted in
+            [invoice.pk, end, start],
+        )
+        removed = cursor.rowcount
+        kind = _KIND_AT_START
+        cursor.execute(
+            f"""
+            INSERT INTO billing_lineitem
+                (invoice_id, kind, patient_id, patient_ref, description, quantity,
+                 unit_amount_cents, amount_cents, created_at)
+            SELECT %s, {kind}, p.id, p.billing_ref, {_DESCRIPTION.format(kind=kind)}, 1, %s, %s, %s
+            FROM patients_patient p
+            WHERE p.office_id = %s AND {billable.format(p="p")}
+              AND NOT EXISTS (SELECT 1 FROM billing_lineitem l WHERE l.invoice_id = %s AND l.patient_id = p.id)
+            """,  # noqa: S608 - only our own constant fragments are formatted in
+            [
+                invoice.pk,
+                start,
+                start,
+                start,
+                start,
+                unit_cents,
+                unit_cents,
+                _dt(timezone.now()),
+                invoice.office_id,
+                end,
+                start,
+                invoice.pk,
+            ],
+        )
+        added = cursor.rowcount
+    return added, removed
+
+
+def refresh_totals(invoice: Invoice) -> None:
+    total = LineItem.objects.filter(invoice=invoice).aggregate(s=Sum("amount_cents"))["s"] or 0
+    invoice.subtotal_cents = invoice.total_cents = total  # taxes are out of scope for v1
+
+
+# --- Opening and finalizing ------------------------------------------------------------
+
+
+def open_cycle(*, office: Office, start: datetime, stats: AdvanceStats) -> Invoice:
+    """Open the draft of the cycle starting at `start` with a `recurring` line for every
+    patient active at that instant (history, not "now"); bill the setup fee if this is the
+    office's first cycle ever (spec §6, §7)."""
+    assert office.billing_cycle_anchor_date is not None
+    tz = zone(office.timezone)
+    end = next_boundary_after(office.billing_cycle_anchor_date, start, tz)
+    plan = plan_in_force(office=office, cycle_start=start)
+    first_cycle_ever = not Invoice.objects.filter(office=office, kind=InvoiceKind.CYCLE).exists()
+    invoice = Invoice.objects.create(
+        office=office,
+        kind=InvoiceKind.CYCLE,
+        plan=plan,
+        currency=plan.currency,
+        period_start=start,
+        period_end=end,
+    )
+    lines = insert_recurring_lines(invoice=invoice, unit_cents=plan.per_patient_cents)
+    refresh_totals(invoice)
+    invoice.save(update_fields=["subtotal_cents", "total_cents", "updated_at"])
+    fields = []
+    if office.current_plan_id != plan.pk:
+        office.current_plan = plan
+        fields.append("current_plan")
+    if office.pending_plan_id is not None and office.pending_plan_id == plan.pk:
+        office.pending_plan = None
+        fields.append("pending_plan")
+    if fields:
+        office.save(update_fields=[*fields, "updated_at"])
+    stats.opened += 1
+    stats.lines += lines
+    audit_record(
+        action="invoice.opened",
+        target=invoice,
+        office_id=office.pk,
+        data={
+            "period_start": start.isoformat(),
+            "period_end": end.isoformat(),
+            "plan": plan.code,
+            "line_count": lines,
+            "subtotal_cents": invoice.subtotal_cents,
+        },
+    )
+    if first_cycle_ever and plan.setup_fee_cents > 0:
+        create_setup_fee_invoice(office=office, plan=plan, stats=stats)
+    return invoice
+
+
+def create_setup_fee_invoice(*, office: Office, plan: Plan, stats: AdvanceStats) -> Invoice:
+    """At most once per office (a unique constraint), finalized and pushed at once (§7)."""
+    invoice = Invoice.objects.create(
+        office=office, kind=InvoiceKind.ONE_OFF, plan=plan, currency=plan.currency, is_setup_fee=True
+    )
+    LineItem.objects.create(
+        invoice=invoice,
+        kind=LineKind.SETUP_FEE,
+        description=f"Setup fee — {plan.name}",
+        quantity=1,
+        unit_amount_cents=plan.setup_fee_cents,
+        amount_cents=plan.setup_fee_cents,
+    )
+    finalize_invoice(invoice=invoice, office=office, stats=stats)
+    return invoice
+
+
+def finalize_cycle(*, invoice: Invoice, office: Office, stats: AdvanceStats, apply_minimum: bool = True) -> Invoice:
+    """Finalize C (spec §6.1): lines equal the billable patients of C; a minimum
+    adjustment if the plan minimum is above their sum (not for a cut cycle); then number."""
+    plan = invoice.plan
+    assert plan is not None
+    added, _removed = reconcile_patient_lines(invoice=invoice, unit_cents=plan.per_patient_cents)
+    stats.lines += added
+    refresh_totals(invoice)
+    if apply_minimum and plan.minimum_cents > invoice.subtotal_cents:
+        shortfall = plan.minimum_cents - invoice.subtotal_cents
+        LineItem.objects.create(
+            invoice=invoice,
+            kind=LineKind.MINIMUM_ADJUSTMENT,
+            description=f"Monthly minimum adjustment ({plan.name})",
+            quantity=1,
+            unit_amount_cents=shortfall,
+            amount_cents=shortfall,
+        )
+        stats.lines += 1
+        refresh_totals(invoice)
+    return finalize_invoice(invoice=invoice, office=office, stats=stats)
+
+
+def next_invoice_number(now: datetime) -> str:
+    """Gapless per UTC year across all offices: the year's row is locked until commit."""
+    year = now.astimezone(UTC).year
+    InvoiceNumberSequence.objects.bulk_create([InvoiceNumberSequence(year=year)], ignore_conflicts=True)
+    seq = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+    seq.last_value += 1
+    seq.save(update_fields=["last_value"])
+    return f"{settings.INVOICE_NUMBER_PREFIX}-{year}-{seq.last_value:06d}"
+
+
+def finalize_invoice(*, invoice: Invoice, office: Office, stats: AdvanceStats) -> Invoice:
+    """Freeze totals, number, `open` (or `paid` when the total is 0), then the push seam."""
+    now = timezone.now()
+    refresh_totals(invoice)
+    invoice.number = next_invoice_number(now)
+    invoice.finalized_at = now
+    if invoice.total_cents == 0:
+        invoice.status = InvoiceStatus.PAID
+        invoice.paid_at = now
+        invoice.push_state = PushState.NOT_REQUIRED
+        invoice.due_at = now
+    else:
+        invoice.status = InvoiceStatus.OPEN
+        invoice.push_state = PushState.PENDING
+        invoice.due_at = (
+            now
+            if office.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY
+            else now + timedelta(days=office.days_until_due)
+        )
+    invoice.save()
+    line_count = LineItem.objects.filter(invoice=invoice).count()
+    stats.finalized += 1
+    stats.amount_finalized_cents += invoice.total_cents
+    audit_record(
+        action="invoice.finalized",
+        target=invoice,
+        office_id=office.pk,
+        data={
+            "number": invoice.number,
+            "kind": invoice.kind,
+            "status": invoice.status,
+            "total_cents": invoice.total_cents,
+            "currency": invoice.currency,
+            "line_count": line_count,
+        },
+    )
+    if invoice.push_state == PushState.PENDING:
+        request_push(invoice.pk)
+    return invoice
+
+
+# --- Advancing through boundaries ------------------------------------------------------
+
+
+def advance_one(*, office: Office, as_of: datetime, stats: AdvanceStats) -> bool:
+    """Process the office's next boundary at or before `as_of`, if any. True if it did."""
+    if office.subscription_status == SubscriptionStatus.TRIALING:
+        assert office.trial_ends_at is not None
+        if office.trial_ends_at <= as_of:
+            office.subscription_status = SubscriptionStatus.ACTIVE
+            office.save(update_fields=["subscription_status", "updated_at"])
+            audit_record(action="subscription.trial_ended", target=office, office_id=office.pk)
+            open_cycle(office=office, start=office.trial_ends_at, stats=stats)
+            return True
+        return False
+    draft = current_draft(office)
+    if draft is None or draft.period_end is None or draft.period_end > as_of:
+        return False
+    finalize_cycle(invoice=draft, office=office, stats=stats)
+    if office.cancel_at_period_end:
+        office.subscription_status = SubscriptionStatus.CANCELED
+        office.canceled_at = draft.period_end
+        office.cancel_at_period_end = False
+        office.pending_plan = None
+        office.save(
+            update_fields=["subscription_status", "canceled_at", "cancel_at_period_end", "pending_plan", "updated_at"]
+        )
+        audit_record(
+            action="subscription.canceled",
+            target=office,
+            office_id=office.pk,
+            data={"at": draft.period_end.isoformat(), "mode": "period_end"},
+        )
+    else:
+        open_cycle(office=office, start=draft.period_end, stats=stats)
+    return True
+
+
+def advance_all(*, office: Office, as_of: datetime) -> AdvanceStats:
+    """Catch up every boundary up to `as_of`, in order (inside the caller's transaction)."""
+    stats = AdvanceStats()
+    while advance_one(office=office, as_of=as_of, stats=stats):
+        pass
+    return stats

@@ -1,0 +1,36 @@
+"""The seam between finalization and the Stripe push.
+
+Finalization leaves a non-zero invoice `open` with `push_state = pending`, then asks for
+a push after commit. Until the Stripe gateway is installed (`register_push_handler`),
+invoices simply stay pending; whatever pushes them later finds them by `push_state`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.db import transaction
+
+logger = logging.getLogger("billing.push")
+
+PushHandler = Callable[[int], None]
+_handler: PushHandler | None = None
+
+
+def register_push_handler(handler: PushHandler | None) -> None:
+    global _handler
+    _handler = handler
+
+
+def request_push(invoice_id: int) -> None:
+    """Ask for the Stripe push of a finalized invoice once the current transaction commits.
+
+    Stripe is never called inside a database transaction (spec §8)."""
+
+    def _after_commit() -> None:
+        if _handler is None:
+            logger.info("invoice %s finalized; Stripe push pending (no gateway installed)", invoice_id)
+            return
+        _handler(invoice_id)
+
+    transaction.on_commit(_after_commit, robust=True)

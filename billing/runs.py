@@ -1,0 +1,177 @@
+"""The billing run (spec §6): every due office, every boundary it has to process, in
+order, one transaction per office and cycle. Idempotent, resumable, safe concurrently:
+each step locks the office and re-reads its state, so a second run finds nothing to do."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit.models import Outcome
+from audit.services import audit_record
+from billing.engine import AdvanceStats, advance_one, lock_office
+from billing.models import BillingRun, BillingRunError, BillingRunStatus, Invoice, InvoiceKind, InvoiceStatus
+from config.errors import ApplicationError
+from offices.models import Office, SubscriptionStatus
+
+logger = logging.getLogger("billing.run")
+
+# A run's as-of may be this far ahead of the clock (clock skew between machines).
+AS_OF_TOLERANCE = timedelta(seconds=5)
+
+
+def validate_as_of(as_of: datetime | str | None) -> datetime:
+    now = timezone.now()
+    if as_of is None:
+        return now
+    if isinstance(as_of, str):
+        try:
+            as_of = datetime.fromisoformat(as_of)
+        except ValueError as exc:
+            raise ApplicationError(f"--as-of {as_of!r} is not an ISO 8601 date-time.") from exc
+    if timezone.is_naive(as_of):
+        raise ApplicationError(
+            f"--as-of {as_of.isoformat()} has no UTC offset; give one, e.g. 2026-04-10T06:00:00+00:00."
+        )
+    if as_of > now + AS_OF_TOLERANCE:
+        raise ApplicationError(f"--as-of {as_of.isoformat()} is in the future; a run may only bill what has happened.")
+    return as_of
+
+
+def offices_due(*, as_of: datetime, office_ids: Iterable[int] | None = None) -> list[int]:
+    """Offices with a boundary at or before `as_of`: a draft cycle that has ended, or a
+    trial that has ended. Two indexed queries, whatever the number of offices."""
+    drafts = Invoice.objects.filter(kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT, period_end__lte=as_of)
+    trials = Office.objects.filter(subscription_status=SubscriptionStatus.TRIALING, trial_ends_at__lte=as_of)
+    if office_ids is not None:
+        ids = list(office_ids)
+        drafts = drafts.filter(office_id__in=ids)
+        trials = trials.filter(pk__in=ids)
+    due = set(drafts.values_list("office_id", flat=True)) | set(trials.values_list("pk", flat=True))
+    return sorted(due)
+
+
+def billing_run_start(
+    *, as_of: datetime, trigger: str, office_ids: Sequence[int] | None, offices_due_count: int, chunks: int = 1
+) -> BillingRun:
+    run = BillingRun.objects.create(
+        as_of=as_of,
+        trigger=trigger,
+        office_filter=list(office_ids) if office_ids is not None else None,
+        offices_due=offices_due_count,
+        chunks_total=chunks,
+    )
+    audit_record(
+        action="billing_run.started",
+        target=run,
+        data={"as_of": as_of.isoformat(), "trigger": trigger, "offices_due": offices_due_count},
+    )
+    return run
+
+
+def process_office(*, office_id: int, as_of: datetime) -> AdvanceStats:
+    """Every boundary of one office up to `as_of`, one transaction per boundary."""
+    total = AdvanceStats()
+    while True:
+        step = AdvanceStats()
+        with transaction.atomic():
+            office = lock_office(office_id)
+            progressed = advance_one(office=office, as_of=as_of, stats=step)
+        total.add(step)
+        if not progressed:
+            return total
+
+
+def billing_run_process(
+    *, run: BillingRun, office_ids: Sequence[int], progress: Callable[[int, AdvanceStats], None] | None = None
+) -> AdvanceStats:
+    """Process a chunk of offices for `run`. A failing office is recorded and skipped (its
+    open transaction rolled back; the next run retries it); the others go on."""
+    chunk = AdvanceStats()
+    done = errors = 0
+    for office_id in office_ids:
+        try:
+            stats = process_office(office_id=office_id, as_of=run.as_of)
+        except Exception as exc:
+            logger.exception("billing run %s: office %s failed", run.pk, office_id)
+            errors += 1
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            BillingRunError.objects.create(run=run, office_id=office_id, message=message)
+            audit_record(
+                action="billing_run.office_failed",
+                target=run,
+                office_id=office_id,
+                outcome=Outcome.FAILURE,
+                reason=type(exc).__name__,
+            )
+            stats = AdvanceStats()
+        else:
+            done += 1
+        chunk.add(stats)
+        if progress is not None:
+            progress(office_id, stats)
+    BillingRun.objects.filter(pk=run.pk).update(
+        offices_done=F("offices_done") + done,
+        invoices_finalized=F("invoices_finalized") + chunk.finalized,
+        invoices_opened=F("invoices_opened") + chunk.opened,
+        lines_created=F("lines_created") + chunk.lines,
+        amount_finalized_cents=F("amount_finalized_cents") + chunk.amount_finalized_cents,
+        error_count=F("error_count") + errors,
+        chunks_done=F("chunks_done") + 1,
+    )
+    return chunk
+
+
+def billing_run_finish_if_done(run_id: int) -> BillingRun | None:
+    """Close the run once all its chunks are in (exactly once: a conditional update)."""
+    now = timezone.now()
+    closed = BillingRun.objects.filter(
+        Q(pk=run_id), Q(status=BillingRunStatus.RUNNING), Q(chunks_done__gte=F("chunks_total"))
+    ).update(status=BillingRunStatus.FINISHED, finished_at=now)
+    if not closed:
+        return None
+    run = BillingRun.objects.get(pk=run_id)
+    audit_record(
+        action="billing_run.finished",
+        target=run,
+        outcome=Outcome.SUCCESS if run.error_count == 0 else Outcome.FAILURE,
+        data={
+            "as_of": run.as_of.isoformat(),
+            "offices_done": run.offices_done,
+            "invoices_finalized": run.invoices_finalized,
+            "invoices_opened": run.invoices_opened,
+            "lines_created": run.lines_created,
+            "amount_finalized_cents": run.amount_finalized_cents,
+            "errors": run.error_count,
+        },
+    )
+    return run
+
+
+def billing_run(
+    *,
+    as_of: datetime | str | None = None,
+    office_ids: Sequence[int] | None = None,
+    trigger: str = "command",
+    progress: Callable[[int, AdvanceStats], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> BillingRun:
+    """Run billing in this process for every due office (or the given ones)."""
+    as_of_dt = validate_as_of(as_of)
+    if office_ids is not None:
+        missing = set(office_ids) - set(Office.objects.filter(pk__in=office_ids).values_list("pk", flat=True))
+        if missing:
+            raise ApplicationError(f"No office with id {', '.join(map(str, sorted(missing)))}.")
+    due = offices_due(as_of=as_of_dt, office_ids=office_ids)
+    run = billing_run_start(as_of=as_of_dt, trigger=trigger, office_ids=office_ids, offices_due_count=len(due))
+    if on_start is not None:
+        on_start(len(due))
+    billing_run_process(run=run, office_ids=due, progress=progress)
+    billing_run_finish_if_done(run.pk)
+    run.refresh_from_db()
+    return run

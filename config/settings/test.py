@@ -1,0 +1,6 @@
+"""Test settings: the suite runs on SQLite by default, on PostgreSQL when DATABASE_URL says so."""
+
+from config.settings.base import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing, tests only
+CELERY_TASK_ALWAYS_EAGER = False
