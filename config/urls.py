@@ -1,10 +1,45 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from audit.api import AuditEventsView
+from billing.api import (
+    InvoiceDetailView,
+    InvoicePdfView,
+    OfficeInvoicesView,
+    OneOffInvoicesView,
+    PaymentStatusView,
+    PlansView,
+    SubscriptionView,
+)
+from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
+from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView
 
 admin.site.site_header = "Billing operator console"
 admin.site.site_title = "Billing operator console"
 admin.site.index_title = "Operations"
 
+api_v1 = [
+    path("plans/", PlansView.as_view()),
+    path("offices/", OfficesView.as_view()),
+    path("offices/<int:office_id>/", OfficeDetailView.as_view()),
+    path("offices/<int:office_id>/members/", MembersView.as_view()),
+    path("offices/<int:office_id>/members/<int:user_id>/", MemberDetailView.as_view()),
+    path("offices/<int:office_id>/subscription/", SubscriptionView.as_view()),
+    path("offices/<int:office_id>/patients/", OfficePatientsView.as_view()),
+    path("offices/<int:office_id>/invoices/", OfficeInvoicesView.as_view()),
+    path("offices/<int:office_id>/payment-status/", PaymentStatusView.as_view()),
+    path("offices/<int:office_id>/one-off-invoices/", OneOffInvoicesView.as_view()),
+    path("patients/<int:patient_id>/activate/", PatientActivateView.as_view()),
+    path("patients/<int:patient_id>/deactivate/", PatientDeactivateView.as_view()),
+    path("invoices/<int:invoice_id>/", InvoiceDetailView.as_view()),
+    path("invoices/<int:invoice_id>/pdf/", InvoicePdfView.as_view()),
+    path("audit-events/", AuditEventsView.as_view()),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

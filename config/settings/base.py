@@ -22,6 +22,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "guardian",
     "django_celery_beat",
     "audit",
@@ -97,6 +99,35 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)
 BILLING_DEFAULT_TIMEZONE = env("BILLING_DEFAULT_TIMEZONE", default="America/New_York")
 BILLING_DEFAULT_CURRENCY = "usd"
 BILLING_RUN_CHUNK_SIZE = env.int("BILLING_RUN_CHUNK_SIZE", default=200)
+
+BILLING_VENDOR = {
+    "name": env("BILLING_VENDOR_NAME", default="Clinic Cloud, Inc."),
+    "address": env("BILLING_VENDOR_ADDRESS", default="100 Example Street, Springfield"),
+    "email": env("BILLING_VENDOR_EMAIL", default="billing@vendor.example"),
+}
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Clinic billing API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+# Idle timeout for sessions (HIPAA automatic logoff): 15 minutes without a request.
+SESSION_COOKIE_AGE = env.int("SESSION_IDLE_SECONDS", default=900)
+SESSION_SAVE_EVERY_REQUEST = True
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"

@@ -1,0 +1,43 @@
+"""Invoice documents: HTML template → PDF (weasyprint). No PHI: patients by billing ref."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from billing.models import Invoice
+
+
+def money(cents: int, currency: str) -> str:
+    sign = "-" if cents < 0 else ""
+    cents = abs(cents)
+    return f"{sign}{cents // 100:,}.{cents % 100:02d} {currency.upper()}"
+
+
+def invoice_pdf(invoice: Invoice) -> bytes:
+    from weasyprint import HTML  # imported lazily: it loads pango at import time
+
+    lines = [
+        {
+            "kind": line.kind.replace("_", " "),
+            "description": line.description,
+            "patient_ref": line.patient_ref,
+            "quantity": line.quantity,
+            "unit": money(line.unit_amount_cents, invoice.currency),
+            "amount": money(line.amount_cents, invoice.currency),
+        }
+        for line in invoice.lines.all().order_by("id")
+    ]
+    html = render_to_string(
+        "billing/invoice.html",
+        {
+            "invoice": invoice,
+            "office": invoice.office,
+            "vendor": settings.BILLING_VENDOR,
+            "is_draft": invoice.status == "draft",
+            "lines": lines,
+            "subtotal": money(invoice.subtotal_cents, invoice.currency),
+            "total": money(invoice.total_cents, invoice.currency),
+        },
+    )
+    return HTML(string=html).write_pdf()

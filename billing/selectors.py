@@ -1,0 +1,46 @@
+"""Billing reads: invoices, payment status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Max, Q, QuerySet, Sum
+
+from billing.models import Invoice, InvoiceStatus
+from offices.models import Office
+
+
+def invoices_for_office(*, office: Office, status: str | None = None, kind: str | None = None) -> QuerySet[Invoice]:
+    qs = Invoice.objects.filter(office=office).order_by("-created_at", "-id")
+    if status:
+        qs = qs.filter(status=status)
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs
+
+
+@dataclass(frozen=True)
+class PaymentStatus:
+    subscription_status: str
+    outstanding_cents: int
+    past_due_cents: int
+    last_payment_at: datetime | None
+    currency: str
+
+
+def payment_status(*, office: Office) -> PaymentStatus:
+    """Computed from local invoices: open totals (drafts excluded), the past-due part, and
+    the last payment (zero-total invoices are not payments)."""
+    agg = Invoice.objects.filter(office=office).aggregate(
+        outstanding=Sum("total_cents", filter=Q(status=InvoiceStatus.OPEN)),
+        past_due=Sum("total_cents", filter=Q(status=InvoiceStatus.OPEN, past_due_at__isnull=False)),
+        last_paid=Max("paid_at", filter=Q(status=InvoiceStatus.PAID, total_cents__gt=0)),
+    )
+    return PaymentStatus(
+        subscription_status=office.subscription_status,
+        outstanding_cents=agg["outstanding"] or 0,
+        past_due_cents=agg["past_due"] or 0,
+        last_payment_at=agg["last_paid"],
+        currency=office.current_plan.currency if office.current_plan else "usd",
+    )
