@@ -29,6 +29,7 @@ def worker(tmp_path, settings):
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
         }
     app.conf.task_always_eager = False
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as w:
