@@ -467,11 +467,18 @@ def _invoice_create_one_off(*, office: Office, lines: list[ManualLine], actor: A
     return finalize_invoice(invoice=invoice, office=office, stats=AdvanceStats())
 
 
-@transaction.atomic
 def invoice_void(*, invoice: Invoice, actor: Any = None, reason: str = "") -> Invoice:
     """Void an open (or uncollectible) invoice. Its content stays frozen; a correction is a
-    new invoice (spec §6)."""
-    lock_office(invoice.office_id)
+    new invoice (spec §6). The operator's reason is free text: it passes the PHI guard."""
+    with audited_refusals(office_id=invoice.office_id, actor=actor, context="invoice_void"):
+        return _invoice_void(invoice=invoice, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def _invoice_void(*, invoice: Invoice, actor: Any, reason: str) -> Invoice:
+    office = lock_office(invoice.office_id)
+    if reason:
+        phi_check(office=office, fields={"reason": reason})
     invoice = Invoice.objects.get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise ConflictError(
