@@ -24,7 +24,8 @@ from patients.models import Patient
 
 _SSN_STRICT = re.compile(r"(?<!\d)\d{3}[- ]\d{2}[- ]\d{4}(?!\d)")
 _DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s().\-]{5,}\d")
-_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+_WORD = re.compile(r"[^\W\d_]+")  # letters only: "holloway's" and "holloway-smith" hold "holloway"
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _SPACES = re.compile(r"\s+")
 
 
@@ -46,8 +47,11 @@ def _date_forms(d: date) -> set[str]:
     month_full = d.strftime("%B").lower()
     month_abbr = d.strftime("%b").lower()
     y, m, dd = d.year, d.month, d.day
+    ordinal = f"{dd}{'th' if 11 <= dd % 100 <= 13 else {1: 'st', 2: 'nd', 3: 'rd'}.get(dd % 10, 'th')}"
     forms = {
         f"{y:04d}-{m:02d}-{dd:02d}",
+        f"{y:04d}-{m}-{dd}",
+        f"{y:04d}/{m}/{dd}",
         f"{y:04d}/{m:02d}/{dd:02d}",
         f"{y:04d}{m:02d}{dd:02d}",
         f"{y:04d}.{m:02d}.{dd:02d}",
@@ -59,7 +63,9 @@ def _date_forms(d: date) -> set[str]:
                     forms.add(f"{mm}{sep}{dstr}{sep}{year}")  # US: month first
                     forms.add(f"{dstr}{sep}{mm}{sep}{year}")  # day first
     for mon in (month_full, month_abbr, month_abbr + "."):
-        for dstr in {f"{dd}", f"{dd:02d}"}:
+        forms.add(f"{ordinal} of {mon} {y}")
+        forms.add(f"{ordinal} of {mon}, {y}")
+        for dstr in {f"{dd}", f"{dd:02d}", ordinal}:
             forms.add(f"{mon} {dstr}, {y}")
             forms.add(f"{mon} {dstr} {y}")
             forms.add(f"{dstr} {mon} {y}")
@@ -150,7 +156,7 @@ class PhiIndex:
         if self.last_names:
             words = set(_WORD.findall(lowered))
             for last in self.last_names:
-                if (" " in last and _contains_token(lowered, last)) or last in words:
+                if last in words or (not last.isalpha() and _contains_token(lowered, last)):
                     return "last_name"
         return None
 
@@ -163,7 +169,7 @@ class PhiIndex:
 
 
 def _norm(value: str) -> str:
-    return _SPACES.sub(" ", (value or "").strip().lower())
+    return _SPACES.sub(" ", (value or "").strip().lower().translate(_APOSTROPHES))
 
 
 def phi_check(*, office: Office, fields: Mapping[str, Any], allow: Iterable[str] = ()) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django.db.models import Count
 from tqdm import tqdm
 
 from billing.engine import AdvanceStats
@@ -51,12 +53,29 @@ class Command(BaseCommand):
         try:
             with transaction.atomic():
                 run = billing_run(as_of=as_of, office_ids=office_ids, progress=progress, on_start=on_start)
-                finalized = list(
-                    Invoice.objects.filter(finalized_at__isnull=False, office_id__in=[r[0] for r in rows])
-                    .filter(updated_at__gte=run.started_at)
+                # Read the table inside the transaction: a dry run rolls it back afterwards.
+                finalized = [
+                    _Row(
+                        office=inv.office.name,
+                        number=inv.number if not dry_run else None,
+                        kind=inv.kind,
+                        period=(
+                            f"{inv.period_start:%Y-%m-%d}..{inv.period_end:%Y-%m-%d}"
+                            if inv.period_start and inv.period_end
+                            else "-"
+                        ),
+                        lines=inv.line_count,
+                        total_cents=inv.total_cents,
+                        currency=inv.currency,
+                        status=inv.status,
+                    )
+                    for inv in Invoice.objects.filter(
+                        finalized_at__isnull=False, office_id__in=[r[0] for r in rows], updated_at__gte=run.started_at
+                    )
                     .select_related("office")
+                    .annotate(line_count=Count("lines"))
                     .order_by("office_id", "period_start", "id")
-                )
+                ]
                 if dry_run:
                     raise _DryRunRollback
         except _DryRunRollback:
@@ -69,36 +88,47 @@ class Command(BaseCommand):
 
         self._summary(run, finalized, dry_run)
 
-    def _summary(self, run: Any, finalized: list[Invoice], dry_run: bool) -> None:
+    def _summary(self, run: Any, finalized: list[_Row], dry_run: bool) -> None:
         out = self.stdout
         title = "DRY RUN — nothing was written" if dry_run else f"Billing run #{run.pk}"
         out.write(self.style.MIGRATE_HEADING(f"{title} (as of {run.as_of.isoformat()})"))
         if finalized:
             header = (
-                f"{'office':<28} {'invoice':<18} {'kind':<8} {'period':<25} {'lines':>5} {'total':>12} {'status':<6}"
+                f"{'office':<28} {'invoice':<18} {'kind':<8} {'period':<25} {'lines':>5} {'total':>14} {'status':<6}"
             )
             out.write(header)
             out.write("-" * len(header))
-            for inv in finalized:
-                period = (
-                    f"{inv.period_start:%Y-%m-%d}..{inv.period_end:%Y-%m-%d}"
-                    if inv.period_start and inv.period_end
-                    else "-"
-                )
+            for row in finalized:
                 out.write(
-                    f"{inv.office.name[:28]:<28} {(inv.number or '(would number)')[:18]:<18} {inv.kind:<8} "
-                    f"{period:<25} {inv.lines.count():>5} {_money(inv.total_cents, inv.currency):>12} {inv.status:<6}"
+                    f"{row.office[:28]:<28} {(row.number or '(would number)')[:18]:<18} {row.kind:<8} "
+                    f"{row.period:<25} {row.lines:>5} {_money(row.total_cents, row.currency):>14} {row.status:<6}"
                 )
+        totals: dict[str, int] = {}
+        for row in finalized:
+            totals[row.currency] = totals.get(row.currency, 0) + row.total_cents
+        total_text = ", ".join(_money(cents, cur) for cur, cents in sorted(totals.items())) or "0"
         out.write(
             f"offices due {run.offices_due}, done {run.offices_done}, errors {run.error_count}; "
             f"invoices finalized {run.invoices_finalized}, opened {run.invoices_opened}; "
-            f"lines {run.lines_created}; finalized total {_money(run.amount_finalized_cents, 'usd')}"
+            f"lines {run.lines_created}; finalized total {total_text}"
         )
         if run.error_count:
             out.write(self.style.ERROR(f"{run.error_count} office(s) failed; see the run in the admin."))
-        paid_zero = sum(1 for i in finalized if i.status == InvoiceStatus.PAID)
+        paid_zero = sum(1 for row in finalized if row.status == InvoiceStatus.PAID)
         if paid_zero:
             out.write(f"{paid_zero} zero-total invoice(s) marked paid without a Stripe push.")
+
+
+@dataclass(frozen=True)
+class _Row:
+    office: str
+    number: str | None
+    kind: str
+    period: str
+    lines: int
+    total_cents: int
+    currency: str
+    status: str
 
 
 def _money(cents: int, currency: str) -> str:
