@@ -40,7 +40,9 @@ def validate_as_of(as_of: datetime | str | None) -> datetime:
         )
     if as_of > now + AS_OF_TOLERANCE:
         raise ApplicationError(f"--as-of {as_of.isoformat()} is in the future; a run may only bill what has happened.")
-    return as_of
+    # Within the tolerance, bill only up to now: finalizing a cycle before it has ended
+    # would put a later activation stamped inside it on the next cycle instead.
+    return min(as_of, now)
 
 
 def offices_due(*, as_of: datetime, office_ids: Iterable[int] | None = None) -> list[int]:
