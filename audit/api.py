@@ -45,14 +45,12 @@ class AuditEventsView(ListAPIView[AuditEvent]):
     def get_queryset(self) -> Any:
         # Imported here: audit is a sink and imports no app at module level.
         from offices.models import Role
-        from offices.selectors import is_auditor, is_operator, office_roles, offices_for_user
+        from offices.selectors import is_auditor, is_operator, offices_with_role
 
         user = self.request.user
         qs = AuditEvent.objects.all().order_by("-id")
         if not (is_operator(user) or is_auditor(user)):
-            billing_offices = [
-                o.pk for o in offices_for_user(user) if Role.OFFICE_BILLING_ADMIN in office_roles(user, o)
-            ]
+            billing_offices = list(offices_with_role(user, Role.OFFICE_BILLING_ADMIN).values_list("pk", flat=True))
             if not billing_offices:
                 raise PermissionDeniedError(
                     "Only auditors, operators and office billing admins can read the audit trail."

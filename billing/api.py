@@ -7,7 +7,6 @@ from typing import Any
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
-from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -20,19 +19,10 @@ from billing import services
 from billing.documents import invoice_pdf
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LineItem, Plan
 from billing.selectors import invoices_for_office, payment_status
-from config.api import Pagination
+from config.api import NoStoreMixin, Pagination
 from config.errors import ApplicationError, PermissionDeniedError
 from offices.models import Role
 from offices.selectors import Access, holds_role_anywhere, is_operator, office_access, require
-
-
-class NoStoreMixin:
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
-        add_never_cache_headers(response)
-        response["Cache-Control"] = "no-store"
-        return response
-
 
 # --- Plans -----------------------------------------------------------------------------
 
@@ -145,7 +135,7 @@ class SubscriptionView(NoStoreMixin, APIView):
             services.subscription_change_plan(office=access.office, plan_code=values["plan"], actor=request.user)
         return self._respond(access)
 
-    @extend_schema(responses=SubscriptionSerializer)
+    @extend_schema(responses={200: SubscriptionSerializer})
     def delete(self, request: Request, office_id: int) -> Response:
         access = self._access(request, office_id)
         immediately = request.query_params.get("immediately", "").lower() in ("1", "true", "yes")

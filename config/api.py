@@ -7,14 +7,26 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from django.utils.cache import add_never_cache_headers
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.errors import ApplicationError
 
 logger = logging.getLogger("api")
+
+
+class NoStoreMixin:
+    """Billing and patient responses are never stored by browsers or proxies."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        add_never_cache_headers(response)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class Pagination(PageNumberPagination):

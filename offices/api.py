@@ -68,7 +68,7 @@ class MemberSerializer(serializers.Serializer[Any]):
 
 
 class MembersView(APIView):
-    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
+    @extend_schema(request=MemberSerializer, responses={200: MemberSerializer})
     def post(self, request: Request, office_id: int) -> Response:
         access = office_access(request.user, office_id)
         require(access, access.operator, "manage members")
@@ -80,7 +80,7 @@ class MembersView(APIView):
         services.office_member_grant(
             office=access.office, user=user, role=data.validated_data["role"], actor=request.user
         )
-        return Response({"user": user.pk, "role": data.validated_data["role"]}, status=status.HTTP_201_CREATED)
+        return Response({"user": user.pk, "role": data.validated_data["role"]})
 
 
 class MemberDetailView(APIView):

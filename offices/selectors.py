@@ -49,12 +49,15 @@ def offices_for_user(user: Any) -> QuerySet[Office]:
     )
 
 
-def holds_role_anywhere(user: Any, role: str) -> bool:
+def offices_with_role(user: Any, role: str) -> QuerySet[Office]:
+    """Offices where the user holds `role` as an object permission (global ones never count)."""
     if not user.is_authenticated:
-        return False
-    return get_objects_for_user(
-        user, f"offices.{role}", klass=Office, accept_global_perms=False, with_superuser=False
-    ).exists()
+        return Office.objects.none()
+    return get_objects_for_user(user, f"offices.{role}", klass=Office, accept_global_perms=False, with_superuser=False)
+
+
+def holds_role_anywhere(user: Any, role: str) -> bool:
+    return offices_with_role(user, role).exists()
 
 
 @dataclass(frozen=True)

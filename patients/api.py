@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from audit.services import audit_record
 from billing.services import patient_activate, patient_deactivate
-from config.api import Pagination
+from config.api import NoStoreMixin, Pagination
 from config.errors import NotFoundError
 from offices.selectors import office_access, require
 from patients.models import ActivationInterval, Patient
@@ -58,10 +58,12 @@ class PatientRefSerializer(serializers.ModelSerializer[Patient]):
         fields = ["id", "billing_ref", "is_active"]
 
 
-class OfficePatientsView(ListAPIView[Patient]):
+class OfficePatientsView(NoStoreMixin, ListAPIView[Patient]):
     pagination_class = Pagination
 
     def get_serializer_class(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no request, no office
+            return PatientSerializer
         access = self._access()
         return PatientSerializer if access.staff else PatientRefSerializer
 
@@ -93,7 +95,7 @@ class OfficePatientsView(ListAPIView[Patient]):
         return Response(PatientSerializer(patient).data, status=status.HTTP_201_CREATED)
 
 
-class _PatientAction(APIView):
+class _PatientAction(NoStoreMixin, APIView):
     action_name = ""
 
     def _run(self, patient: Patient, request: Request) -> None:

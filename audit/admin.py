@@ -1,0 +1,79 @@
+"""The audit trail in the operator console: read-only, never deleted (spec §9).
+
+Rows are append-only in the database too (triggers); this admin offers no add, change or
+delete, so the console cannot even try. `audit` imports no other app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from audit.models import AuditAnchor, AuditChainHead, AuditEvent
+
+
+class _ReadOnly:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("seq", "ts", "actor", "action", "target", "office_id", "outcome")
+    list_display_links = ("seq", "ts")
+    list_filter = ("action", "actor_type", "outcome")
+    search_fields = ("action", "target_id")
+    date_hierarchy = "ts"
+    show_full_result_count = False  # the table grows for 6 years; skip the second COUNT(*)
+    fields = (
+        "seq",
+        "ts",
+        "actor_type",
+        "actor_id",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "office_id",
+        "outcome",
+        "reason",
+        "source_ip",
+        "request_id",
+        "task_id",
+        "data",
+        "prev_hash",
+        "entry_hash",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="Actor", ordering="actor_type")
+    def actor(self, obj: AuditEvent) -> str:
+        if obj.actor_label or obj.actor_id:
+            return f"{obj.actor_type}:{obj.actor_label or obj.actor_id}"
+        return obj.actor_type
+
+    @admin.display(description="Target", ordering="target_type")
+    def target(self, obj: AuditEvent) -> str:
+        return f"{obj.target_type}:{obj.target_id}" if obj.target_type else "—"
+
+
+@admin.register(AuditChainHead)
+class AuditChainHeadAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("id", "seq", "entry_hash", "updated_at")
+    search_fields = ("entry_hash",)
+    list_filter = ("updated_at",)
+
+
+@admin.register(AuditAnchor)
+class AuditAnchorAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("seq", "entry_hash", "anchored_at")
+    search_fields = ("entry_hash", "seq")
+    list_filter = ("anchored_at",)
+    date_hierarchy = "anchored_at"
