@@ -1,0 +1,539 @@
+"""Operator console for billing (spec §1, §3, §6, §7; house style 9).
+
+Everything the billing engine owns is read-only here: invoices (drafts included), their
+lines, plan changes, invoice numbers and billing runs; none of them can be deleted.
+Operator writes go through the services — plans (`plan_create`/`plan_update`), voids
+(`invoice_void`), one-off invoices (`invoice_create_one_off`) and billing runs
+(`billing.runs.billing_run`) — so the same rules, PHI guard and audit entries apply as
+through the API, and a refusal comes back as a message or a form error, not a 500."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.validators import MinValueValidator
+from django.db import models, transaction
+from django.db.models import Count, Max, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from audit.services import audit_record
+from billing.engine import AdvanceStats
+from billing.models import (
+    FROZEN_PLAN_FIELDS,
+    BillingRun,
+    BillingRunError,
+    Invoice,
+    InvoiceKind,
+    InvoiceNumberSequence,
+    InvoiceStatus,
+    LineItem,
+    Plan,
+    PlanChange,
+)
+from billing.runs import billing_run
+from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
+from config.errors import ApplicationError
+from offices.admin import OfficeAdmin, ReadOnlyAdminMixin, ServiceAdminMixin, ServiceModelForm
+from offices.models import Office
+
+# --- Money, formatted at the edge ------------------------------------------------------
+
+# Currencies whose minor unit is the unit itself (Stripe's zero-decimal list).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
+)
+CURRENCY_SYMBOLS = {"usd": "$", "cad": "$", "aud": "$", "nzd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+
+
+def format_cents(cents: int | None, currency: str) -> str:
+    """Integer minor units → "$150.00 USD" (no float on the way)."""
+    if cents is None:
+        return "—"
+    code = (currency or "").lower()
+    sign = "-" if cents < 0 else ""
+    units = abs(int(cents))
+    number = f"{units:,}" if code in ZERO_DECIMAL_CURRENCIES else f"{units // 100:,}.{units % 100:02d}"
+    return f"{sign}{CURRENCY_SYMBOLS.get(code, '')}{number} {code.upper()}".strip()
+
+
+# --- Plans -----------------------------------------------------------------------------
+
+PLAN_FIELDS = ("code", "name", "currency", "per_patient_cents", "minimum_cents", "setup_fee_cents", "trial_days")
+PLAN_EDITABLE = (*PLAN_FIELDS, "is_active")
+
+
+class PlanForm(ServiceModelForm):
+    class Meta:
+        model = Plan
+        fields = PLAN_EDITABLE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("per_patient_cents", "minimum_cents", "setup_fee_cents"):
+            if name in self.fields:
+                self.fields[name].validators.append(MinValueValidator(0))
+                self.fields[name].help_text = "Integer cents (minor units), e.g. 450 for $4.50."
+
+    def clean_currency(self) -> str:
+        return str(self.cleaned_data["currency"]).strip().lower()
+
+
+@admin.register(Plan)
+class PlanAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    form = PlanForm
+    list_display = (
+        "code",
+        "name",
+        "currency",
+        "per_patient",
+        "minimum",
+        "setup_fee",
+        "trial_days",
+        "is_active",
+        "locked",
+    )
+    list_filter = ("is_active", "locked", "currency")
+    search_fields = ("code", "name")
+    fields = (*PLAN_EDITABLE, "locked", "created_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is not None and obj.locked:  # spec §3: only name and is_active may change
+            return (*FROZEN_PLAN_FIELDS, "locked", "created_at")
+        return ("locked", "created_at")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # retire a plan with is_active; plans are referenced by history
+
+    @admin.display(description="Per patient", ordering="per_patient_cents")
+    def per_patient(self, obj: Plan) -> str:
+        return format_cents(obj.per_patient_cents, obj.currency)
+
+    @admin.display(description="Minimum", ordering="minimum_cents")
+    def minimum(self, obj: Plan) -> str:
+        return format_cents(obj.minimum_cents, obj.currency)
+
+    @admin.display(description="Setup fee", ordering="setup_fee_cents")
+    def setup_fee(self, obj: Plan) -> str:
+        return format_cents(obj.setup_fee_cents, obj.currency)
+
+    def service_save(self, request: HttpRequest, form: ServiceModelForm, obj: Any) -> models.Model:
+        if obj is None:
+            data = {name: form.cleaned_data[name] for name in PLAN_EDITABLE}
+            return plan_create(actor=request.user, **data)
+        changes = form.changed_model_fields(PLAN_EDITABLE)
+        if not changes:
+            return obj
+        return plan_update(plan=obj, actor=request.user, **changes)
+
+
+@admin.register(PlanChange)
+class PlanChangeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "office", "plan", "kind", "requested_at", "requested_by")
+    list_filter = ("kind", "plan")
+    list_select_related = ("office", "plan", "requested_by")
+    search_fields = ("office__name", "plan__code")
+    date_hierarchy = "requested_at"
+
+
+# --- Invoices and lines ----------------------------------------------------------------
+
+
+class LineItemInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = LineItem
+    fields = ("kind", "description", "patient_ref", "quantity", "unit", "amount")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    @admin.display(description="Unit")
+    def unit(self, obj: LineItem) -> str:
+        return format_cents(obj.unit_amount_cents, obj.invoice.currency)
+
+    @admin.display(description="Amount")
+    def amount(self, obj: LineItem) -> str:
+        return format_cents(obj.amount_cents, obj.invoice.currency)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[LineItem]:
+        return super().get_queryset(request).select_related("invoice")
+
+
+INVOICE_FIELDS = (
+    "number",
+    "office",
+    "kind",
+    "status",
+    "plan",
+    "is_setup_fee",
+    "period_start",
+    "period_end",
+    "currency",
+    "subtotal",
+    "total",
+    "line_count",
+    "finalized_at",
+    "due_at",
+    "paid_at",
+    "voided_at",
+    "marked_uncollectible_at",
+    "past_due_at",
+    "payment_note",
+    "stripe_invoice_id",
+    "push_state",
+    "push_attempts",
+    "push_error",
+    "created_at",
+    "updated_at",
+)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Read-only: finalized content is frozen (spec §6) and drafts belong to the engine."""
+
+    list_display = ("display_number", "office", "kind", "status", "period_start", "period_end", "total", "push_state")
+    list_display_links = ("display_number",)
+    list_filter = ("status", "kind", "push_state")
+    list_select_related = ("office",)
+    search_fields = ("number", "office__name")
+    date_hierarchy = "period_start"
+    fields = INVOICE_FIELDS
+    readonly_fields = INVOICE_FIELDS
+    inlines = (LineItemInline,)
+    actions = ("void_invoices",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Invoice]:
+        return super().get_queryset(request).annotate(_line_count=Count("lines"))
+
+    @admin.display(description="Number", ordering="number")
+    def display_number(self, obj: Invoice) -> str:
+        return str(obj)  # the number, or "draft #id" before finalization
+
+    @admin.display(description="Subtotal", ordering="subtotal_cents")
+    def subtotal(self, obj: Invoice) -> str:
+        return format_cents(obj.subtotal_cents, obj.currency)
+
+    @admin.display(description="Total", ordering="total_cents")
+    def total(self, obj: Invoice) -> str:
+        return format_cents(obj.total_cents, obj.currency)
+
+    @admin.display(description="Lines")
+    def line_count(self, obj: Any) -> int:
+        return int(getattr(obj, "_line_count", None) or obj.lines.count())
+
+    def has_void_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("billing.change_invoice"))
+
+    @admin.action(description="Void selected invoices", permissions=("void",))
+    def void_invoices(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        voided: list[str] = []
+        for invoice in queryset.order_by("pk"):
+            try:
+                invoice_void(invoice=invoice, actor=request.user, reason="voided by an operator in the admin")
+            except ApplicationError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+            else:
+                voided.append(str(invoice))
+        if voided:
+            self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
+
+
+@admin.register(LineItem)
+class LineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "invoice", "kind", "description", "patient_ref", "quantity", "unit", "amount")
+    list_filter = ("kind",)
+    list_select_related = ("invoice",)
+    search_fields = ("invoice__number", "patient_ref")
+    fields = ("invoice", "kind", "description", "patient_ref", "quantity", "unit", "amount", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="Unit", ordering="unit_amount_cents")
+    def unit(self, obj: LineItem) -> str:
+        return format_cents(obj.unit_amount_cents, obj.invoice.currency)
+
+    @admin.display(description="Amount", ordering="amount_cents")
+    def amount(self, obj: LineItem) -> str:
+        return format_cents(obj.amount_cents, obj.invoice.currency)
+
+
+@admin.register(InvoiceNumberSequence)
+class InvoiceNumberSequenceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("year", "last_value")
+    search_fields = ("year",)
+    list_filter = ("year",)
+
+
+# --- Billing runs ----------------------------------------------------------------------
+
+
+class BillingRunErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = BillingRunError
+    fields = ("office", "message", "created_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+
+RUN_FIGURES = (
+    "offices_due",
+    "offices_done",
+    "invoices_finalized",
+    "invoices_opened",
+    "lines_created",
+    "amount_finalized_cents",
+    "error_count",
+)
+
+
+@admin.register(BillingRun)
+class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "as_of", "trigger", "status", "started_at", "finished_at", *RUN_FIGURES)
+    list_filter = ("status", "trigger")
+    search_fields = ("trigger",)
+    date_hierarchy = "as_of"
+    fields = (
+        "as_of",
+        "trigger",
+        "office_filter",
+        "status",
+        "started_at",
+        "finished_at",
+        "chunks_total",
+        "chunks_done",
+        *RUN_FIGURES,
+    )
+    readonly_fields = fields
+    inlines = (BillingRunErrorInline,)
+
+
+@admin.register(BillingRunError)
+class BillingRunErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "run", "office", "message", "created_at")
+    list_select_related = ("run", "office")
+    list_filter = ("office",)
+    search_fields = ("office__name", "message")
+
+
+# --- Billing actions on offices --------------------------------------------------------
+
+
+class _PreviewRollback(Exception):
+    """Raised to roll the preview's transaction back once its figures are read."""
+
+
+def _invoice_rows(queryset: QuerySet[Invoice]) -> list[dict[str, Any]]:
+    return [
+        {
+            "office": invoice.office.name,
+            "kind": invoice.get_kind_display(),
+            "status": invoice.status,
+            "period_start": invoice.period_start,
+            "period_end": invoice.period_end,
+            "lines": invoice._line_count,
+            "total": format_cents(invoice.total_cents, invoice.currency),
+        }
+        for invoice in queryset.select_related("office")
+        .annotate(_line_count=Count("lines"))
+        .order_by("office__name", "pk")
+    ]
+
+
+def billing_preview(*, office_ids: list[int]) -> dict[str, Any]:
+    """What a billing run for these offices would do now, with nothing kept: the run goes
+    through the real engine inside one transaction that is then rolled back (numbers,
+    audit entries and Stripe push requests included — on_commit work is dropped)."""
+    per_office: dict[int, dict[str, int]] = {}
+
+    def progress(office_id: int, stats: AdvanceStats) -> None:
+        per_office[office_id] = asdict(stats)
+
+    result: dict[str, Any] = {}
+    try:
+        with transaction.atomic():
+            last_invoice_id = Invoice.objects.aggregate(last=Max("pk"))["last"] or 0
+            drafts = list(
+                Invoice.objects.filter(
+                    office_id__in=office_ids, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT
+                ).values_list("pk", flat=True)
+            )
+            run = billing_run(office_ids=office_ids, trigger="admin_preview", progress=progress)
+            names = dict(Office.objects.filter(pk__in=office_ids).values_list("pk", "name"))
+            result = {
+                "as_of": run.as_of,
+                "figures": {name: getattr(run, name) for name in RUN_FIGURES},
+                "per_office": [
+                    {"name": names.get(office_id, office_id), **stats} for office_id, stats in per_office.items()
+                ],
+                "finalized": _invoice_rows(
+                    Invoice.objects.filter(models.Q(pk__in=drafts) | models.Q(pk__gt=last_invoice_id)).exclude(
+                        status=InvoiceStatus.DRAFT
+                    )
+                ),
+                "opened": _invoice_rows(Invoice.objects.filter(pk__gt=last_invoice_id, status=InvoiceStatus.DRAFT)),
+                "errors": [
+                    {"office": names.get(e.office_id, e.office_id), "message": e.message} for e in run.errors.all()
+                ],
+            }
+            raise _PreviewRollback
+    except _PreviewRollback:
+        pass
+    return result
+
+
+class OneOffLineForm(forms.Form):
+    description = forms.CharField(max_length=500, required=False)
+    amount_cents = forms.IntegerField(required=False, min_value=0, label="Amount (cents)")
+    quantity = forms.IntegerField(required=False, min_value=1, initial=1)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        description = (data.get("description") or "").strip()
+        if description and data.get("amount_cents") is None:
+            self.add_error("amount_cents", "Give the amount in cents for this line.")
+        if not description and data.get("amount_cents") is not None:
+            self.add_error("description", "Describe this line.")
+        return data
+
+
+ONE_OFF_MAX_LINES = 5
+OneOffLineFormSet = forms.formset_factory(
+    OneOffLineForm, extra=ONE_OFF_MAX_LINES, max_num=ONE_OFF_MAX_LINES, validate_max=True
+)
+_LINE_FIELD = re.compile(r"lines\[(\d+)\]\.(\w+)")
+
+
+def _one_off_lines(formset: Any) -> tuple[list[dict[str, Any]], list[forms.Form]]:
+    lines, forms_used = [], []
+    for form in formset.forms:
+        data = form.cleaned_data
+        if not (data.get("description") or "").strip():
+            continue
+        lines.append(
+            {
+                "description": data["description"],
+                "amount_cents": data["amount_cents"],
+                "quantity": data.get("quantity") or 1,
+            }
+        )
+        forms_used.append(form)
+    return lines, forms_used
+
+
+def _attach_service_error(exc: ApplicationError, forms_used: list[forms.Form]) -> None:
+    """Put a refusal next to the line it is about, when the service says which."""
+    index: int | None = None
+    field = "description"
+    match = _LINE_FIELD.fullmatch(str(exc.extra.get("field", "")))
+    if match:
+        index, field = int(match.group(1)), match.group(2)
+    elif isinstance(exc.extra.get("line"), int):
+        index, field = exc.extra["line"], str(exc.extra.get("field") or "description")
+    if index is not None and 0 <= index < len(forms_used) and field in forms_used[index].fields:
+        forms_used[index].add_error(field, exc.message)
+
+
+admin.site.unregister(Office)
+
+
+@admin.register(Office)
+class BillingOfficeAdmin(OfficeAdmin):
+    """The office admin with the operator's billing actions (spec §1, §6, §7)."""
+
+    actions = ("preview_billing", "run_billing_now", "create_one_off_invoice")
+
+    def has_run_billing_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("billing.add_billingrun"))
+
+    def has_one_off_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("billing.add_invoice"))
+
+    def _action_context(self, request: HttpRequest, queryset: QuerySet[Office], title: str) -> dict[str, Any]:
+        return {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.model._meta,
+            "selected_offices": list(queryset),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+
+    @admin.action(description="Preview billing for selected offices (dry run)", permissions=("run_billing",))
+    def preview_billing(self, request: HttpRequest, queryset: QuerySet[Office]) -> HttpResponse | None:
+        try:
+            preview = billing_preview(office_ids=list(queryset.values_list("pk", flat=True)))
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return None
+        context = {**self._action_context(request, queryset, "Billing preview (nothing was saved)"), **preview}
+        return TemplateResponse(request, "admin/billing/billing_preview.html", context)
+
+    @admin.action(description="Run billing now for selected offices", permissions=("run_billing",))
+    def run_billing_now(self, request: HttpRequest, queryset: QuerySet[Office]) -> None:
+        office_ids = list(queryset.values_list("pk", flat=True))
+        try:
+            run = billing_run(office_ids=office_ids, trigger="admin")
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        audit_record(  # the run's own entries say what it did; this one says who asked
+            action="billing_run.requested",
+            actor=request.user,
+            target=run,
+            data={"trigger": "admin", "office_ids": office_ids},
+        )
+        self.message_user(
+            request,
+            f"Billing run #{run.pk} ({run.status}) as of {_iso(run.as_of)}: {run.offices_due} office(s) due, "
+            f"{run.offices_done} done, {run.invoices_finalized} invoice(s) finalized "
+            f"({run.amount_finalized_cents} cents), {run.invoices_opened} opened, {run.lines_created} line(s) "
+            f"created, {run.error_count} error(s).",
+            messages.WARNING if run.error_count else messages.SUCCESS,
+        )
+
+    @admin.action(description="Create one-off invoice for the selected office…", permissions=("one_off",))
+    def create_one_off_invoice(self, request: HttpRequest, queryset: QuerySet[Office]) -> HttpResponse | None:
+        offices = list(queryset[:2])
+        if len(offices) != 1:
+            self.message_user(request, "Select exactly one office to create a one-off invoice for.", messages.ERROR)
+            return None
+        office = offices[0]
+        service_error = ""
+        if "apply" in request.POST:
+            formset = OneOffLineFormSet(request.POST, prefix="lines")
+            if formset.is_valid():
+                lines, forms_used = _one_off_lines(formset)
+                try:
+                    invoice = invoice_create_one_off(office=office, lines=lines, actor=request.user)
+                except ApplicationError as exc:
+                    service_error = exc.message
+                    _attach_service_error(exc, forms_used)
+                else:
+                    self.message_user(
+                        request,
+                        f"One-off invoice {invoice.number} created for {office.name}: "
+                        f"{format_cents(invoice.total_cents, invoice.currency)} ({invoice.status}).",
+                        messages.SUCCESS,
+                    )
+                    return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
+        else:
+            formset = OneOffLineFormSet(prefix="lines")
+        context = {
+            **self._action_context(request, queryset, f"One-off invoice for {office.name}"),
+            "office": office,
+            "formset": formset,
+            "service_error": service_error,
+        }
+        return TemplateResponse(request, "admin/billing/one_off_invoice.html", context)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
