@@ -41,7 +41,7 @@ from billing.models import (
 from billing.runs import billing_run
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
 from config.errors import ApplicationError
-from offices.admin import OfficeAdmin, ReadOnlyAdminMixin, ServiceAdminMixin, ServiceModelForm
+from offices.admin import AuditedReadsMixin, OfficeAdmin, ReadOnlyAdminMixin, ServiceAdminMixin, ServiceModelForm
 from offices.models import Office
 
 # --- Money, formatted at the edge ------------------------------------------------------
@@ -196,7 +196,9 @@ INVOICE_FIELDS = (
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    audit_read_action = "invoice"
+
     """Read-only: finalized content is frozen (spec §6) and drafts belong to the engine."""
 
     list_display = ("display_number", "office", "kind", "status", "period_start", "period_end", "total", "push_state")
@@ -247,7 +249,10 @@ class InvoiceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(LineItem)
-class LineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class LineItemAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    audit_read_action = "invoice_line"
+    audit_office_path = "invoice__office_id"
+
     list_display = ("id", "invoice", "kind", "description", "patient_ref", "quantity", "unit", "amount")
     list_filter = ("kind",)
     list_select_related = ("invoice",)

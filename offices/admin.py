@@ -20,6 +20,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from guardian.shortcuts import get_users_with_perms
 
+from audit.services import audit_record
 from config.errors import ApplicationError
 from offices.models import Company, Office, Role
 from offices.services import office_create, office_member_grant, office_member_revoke, office_update
@@ -106,6 +107,43 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class AuditedReadsMixin:
+    """Operators' reads of billing data and patient records are audited (spec §9): one
+    entry per list page and per object page viewed, never with the page's content."""
+
+    audit_read_action = ""
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        response = super().changelist_view(request, extra_context)  # type: ignore[misc]
+        if request.method == "GET" and getattr(response, "status_code", 0) == 200:
+            audit_record(
+                action=f"{self.audit_read_action}.list_viewed",
+                actor=request.user,
+                target_type=self.model._meta.label,  # type: ignore[attr-defined]
+                data={"via": "admin"},
+            )
+        return response
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
+        response = super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        if request.method == "GET" and getattr(response, "status_code", 0) == 200:
+            model = self.model  # type: ignore[attr-defined]
+            office_id = (
+                model._default_manager.filter(pk=object_id).values_list(self.audit_office_path, flat=True).first()
+            )
+            audit_record(
+                action=f"{self.audit_read_action}.viewed",
+                actor=request.user,
+                target_type=model._meta.label,
+                target_id=object_id,
+                office_id=office_id,
+                data={"via": "admin"},
+            )
+        return response
+
+    audit_office_path = "office_id"
 
 
 # --- Companies -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 
-from offices.admin import ReadOnlyAdminMixin
+from offices.admin import AuditedReadsMixin, ReadOnlyAdminMixin
 from patients.models import ActivationInterval, Patient
 
 
@@ -58,7 +58,9 @@ class ActivationIntervalInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class PatientAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    audit_read_action = "patient"
+
     # Every attribute that could name a field is spelled out, so no default brings PHI in.
     list_display = ("billing_ref", "office", "status", "created_at")
     list_display_links = ("billing_ref",)

@@ -584,3 +584,13 @@ def test_it_creates_an_office_through_the_service(world, operator_client):
     response = operator_client.post(admin_url(Office, "add"), {**data, "name": "Bad zone", "timezone": "Mars/Olympus"})
     assert response.status_code == 200 and not Office.objects.filter(name="Bad zone").exists()
     assert "errornote" in response.content.decode()
+
+
+def test_it_audits_operator_reads_of_invoices_and_patients(operator_client, world):
+    page(operator_client, admin_url(Invoice, "change", world.closed_cycle.pk))
+    page(operator_client, admin_url(Invoice, "changelist"))
+    page(operator_client, admin_url(Patient, "change", world.patient.pk))
+    viewed = AuditEvent.objects.filter(action="invoice.viewed", target_id=str(world.closed_cycle.pk)).get()
+    assert viewed.actor_type == "user" and viewed.office_id == world.closed_cycle.office_id
+    assert AuditEvent.objects.filter(action="invoice.list_viewed").exists()
+    assert AuditEvent.objects.filter(action="patient.viewed", target_id=str(world.patient.pk)).exists()
