@@ -63,7 +63,7 @@ class ChainBreak:
     detail: str
 
     def describe(self) -> str:
-        where = f"seq {self.seq}" if self.seq is not None else "an unsealed row"
+        where = f"seq {self.seq}" if self.seq is not None else ("an unsealed row" if self.entry_id else "the head")
         row = f" (entry id {self.entry_id})" if self.entry_id is not None else ""
         return f"{self.kind.value} at {where}{row}: {self.detail}"
 
@@ -75,6 +75,7 @@ class VerifyReport:
     last_hash: str = GENESIS_HASH
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
+    head_present: bool = False
     anchors_checked: int = 0
     unsealed: int = 0
     stale_unsealed: int = 0  # unsealed entries older than `stale_after`
@@ -281,6 +282,13 @@ class _Walk:
     def check_end(self) -> ChainBreak | None:
         report = self.report
         last = report.last_seq
+        if last and not report.head_present:  # the sealer creates it before sealing anything
+            return ChainBreak(
+                kind=BreakKind.DELETED,
+                seq=None,
+                entry_id=None,
+                detail=f"the chain head row is missing, though seq 1..{last} are sealed",
+            )
         if last < report.head_seq:
             return ChainBreak(
                 kind=BreakKind.TRUNCATED,
@@ -335,6 +343,7 @@ class _Walk:
 
 def _read_head(report: VerifyReport) -> None:
     head = AuditChainHead.objects.filter(pk=1).first()
+    report.head_present = head is not None
     report.head_seq, report.head_hash = (head.seq, head.entry_hash) if head is not None else (0, GENESIS_HASH)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
@@ -9,8 +10,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.context import audit_source
-from billing.models import BillingRun
+from billing.models import BillingRun, Invoice, PushState
 from billing.runs import billing_run_finish_if_done, billing_run_process, billing_run_start, offices_due
+from billing.stripe_gateway import Transient
+from billing.stripe_push import invoice_push
 
 
 @shared_task(bind=True)
@@ -18,6 +21,8 @@ def billing_run_tick(self: Any) -> int | None:
     """Hourly (beat): find the due offices and fan out one task per chunk of them."""
     with audit_source(task_id=str(self.request.id or "")):
         as_of = timezone.now()
+        if settings.STRIPE_PUSH_ENABLED:
+            enqueue_pending_pushes()
         due = offices_due(as_of=as_of)
         if not due:
             return None
@@ -37,3 +42,34 @@ def billing_run_chunk(self: Any, run_id: int, office_ids: list[int]) -> None:
         run = BillingRun.objects.get(pk=run_id)
         billing_run_process(run=run, office_ids=office_ids)
         billing_run_finish_if_done(run_id)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=(Transient,),
+    retry_backoff=5,
+    retry_backoff_max=600,  # stays under Redis' visibility timeout (3600 s)
+    retry_jitter=True,
+    max_retries=8,
+)
+def invoice_push_task(self: Any, invoice_id: int) -> str | None:
+    """Push one finalized invoice to Stripe; retried with backoff on transient failures
+    (the same idempotency keys each time). What is still pending afterwards is picked up
+    by the next hourly run."""
+    with audit_source(task_id=str(self.request.id or "")):
+        invoice = invoice_push(invoice_id=invoice_id)
+        return invoice.stripe_invoice_id
+
+
+def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), limit: int = 5000) -> int:
+    """Re-enqueue pushes that no task finished (a broker outage, retries exhausted)."""
+    cutoff = timezone.now() - older_than
+    ids = list(
+        Invoice.objects.filter(push_state=PushState.PENDING, finalized_at__lt=cutoff)
+        .order_by("finalized_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for invoice_id in ids:
+        invoice_push_task.delay(invoice_id)
+    return len(ids)

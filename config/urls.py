@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from audit.api import AuditEventsView
+from audit.export_api import AuditEventsExportView
 from billing.api import (
     InvoiceDetailView,
     InvoicePdfView,
@@ -35,6 +36,7 @@ api_v1 = [
     path("invoices/<int:invoice_id>/", InvoiceDetailView.as_view()),
     path("invoices/<int:invoice_id>/pdf/", InvoicePdfView.as_view()),
     path("audit-events/", AuditEventsView.as_view()),
+    path("audit-events/export/", AuditEventsExportView.as_view()),
 ]
 
 urlpatterns = [

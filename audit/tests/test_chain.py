@@ -146,3 +146,28 @@ def test_it_refuses_to_delete_an_entry_on_postgres(on_postgres: None) -> None:
 
     assert AuditEvent.objects.count() == 3
     _assert_chain_intact(_chain())
+
+
+def test_it_refuses_an_insert_that_carries_chain_fields():
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    with pytest.raises(IntegrityError, match="unsealed"), transaction.atomic():
+        AuditEvent.objects.create(ts=timezone.now(), actor_type="system", action="forged", seq=999, entry_hash="f" * 64)
+
+
+def test_it_refuses_rewinding_the_head_and_editing_anchors():
+    from django.db import IntegrityError, transaction
+
+    from audit.models import AuditAnchor, AuditChainHead
+    from audit.services import audit_anchor
+
+    for i in range(3):
+        audit_record(action=f"test.{i}")
+    audit_seal()
+    anchor = audit_anchor()
+    assert anchor is not None
+    with pytest.raises(IntegrityError, match="forward"), transaction.atomic():
+        AuditChainHead.objects.filter(pk=1).update(seq=1)
+    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+        AuditAnchor.objects.filter(pk=anchor.pk).update(seq=1)

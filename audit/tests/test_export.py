@@ -3,7 +3,7 @@ list's access rules and filters, formula cells defused, no field beyond the mode
 the export itself audited.
 
 The view is served here under the path the project's URLconf gives it
-(`/api/v1/audit-events/export/`), through this module's own `urlpatterns`."""
+(`/api/v1/audit-events/export/`)."""
 
 from __future__ import annotations
 
@@ -17,22 +17,15 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django.urls import include, path
 
 from audit.export import EXPORT_FIELDS, stream_csv, stream_json, stream_jsonl
-from audit.export_api import AuditEventsExportView
 from audit.models import AuditEvent, Outcome
 from audit.services import audit_record, audit_seal
 from billing.tests.factories import OfficeFactory, at
 from offices.models import Office, Role
 from offices.services import office_member_grant
 
-urlpatterns = [
-    path("api/v1/audit-events/export/", AuditEventsExportView.as_view()),
-    path("", include("config.urls")),
-]
-
-pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
+pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/audit-events/export/"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

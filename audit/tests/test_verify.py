@@ -80,10 +80,17 @@ def sql(statement: str, params: list[Any] | None = None) -> int:
 
 def guards_off() -> None:
     """What a database owner can do (see the module docstring); undone by the rollback."""
-    if connection.vendor == "sqlite":
-        sql("DROP TRIGGER audit_event_append_only")  # SQLite has no DELETE guard to lift
+    if connection.vendor == "sqlite":  # SQLite has no DELETE guards to lift
+        for trigger in (
+            "audit_event_append_only",
+            "audit_event_insert_unsealed",
+            "audit_head_only_forward",
+            "audit_anchor_append_only",
+        ):
+            sql(f"DROP TRIGGER {trigger}")
     else:
-        sql("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
+        for table in ("audit_auditevent", "audit_auditchainhead", "audit_auditanchor"):
+            sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
 
 
 def renumber(*, from_seq: int, by: int) -> None:
@@ -452,3 +459,13 @@ def test_it_warns_about_stale_unsealed_entries(chain: list[AuditEvent]) -> None:
 
     assert out.startswith("OK")
     assert "1 unsealed entry older than 30 minutes" in err
+
+
+def test_it_reports_a_deleted_head_row(chain: list[AuditEvent]) -> None:
+    guards_off()
+    sql("DELETE FROM audit_auditchainhead")
+
+    report = verify_chain()
+
+    assert_broken(report, BreakKind.DELETED, None, None)
+    assert report.broken is not None and "head row is missing" in report.broken.describe()

@@ -106,6 +106,18 @@ BILLING_VENDOR = {
     "email": env("BILLING_VENDOR_EMAIL", default="billing@vendor.example"),
 }
 
+# --- Stripe (secrets only from the environment; never stored in the database) --------
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_localstripe000000000000000000")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_WEBHOOK_SECRET_NEXT = env.str("STRIPE_WEBHOOK_SECRET_NEXT", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # localstripe in development and tests
+STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=5.0)
+STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=30.0)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+# Push finalized invoices to Stripe after commit (a Celery task). Off in the test settings:
+# tests that exercise Stripe turn it on against their own localstripe.
+STRIPE_PUSH_ENABLED = env.bool("STRIPE_PUSH_ENABLED", default=False)
+
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -4,3 +4,4 @@ from config.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing, tests only
 CELERY_TASK_ALWAYS_EAGER = False
+STRIPE_PUSH_ENABLED = False  # tests that push start their own localstripe and enable it

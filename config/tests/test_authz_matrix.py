@@ -221,6 +221,7 @@ MATRIX: list[Row] = [
     # A billing admin reads their own offices' events: B's admin gets 200 with B's events
     # only (scoping checked separately); staff hold no billing role anywhere → 403.
     Row("get", "audit-events/",                            (ANON, 403, 200, 200, 200, 200), given=(subscribed,)),
+    Row("get", "audit-events/export/",                     (ANON, 403, 200, 200, 200, 200), given=(subscribed,)),
 ]
 # fmt: on
 

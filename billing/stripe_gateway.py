@@ -1,0 +1,209 @@
+"""The one module that talks to Stripe (spec §8, §9).
+
+- One pinned API version, keys and base URL only from the environment (settings).
+- A TLS floor of 1.2 on the HTTP client; certificate verification always on.
+- Explicit timeouts and retries; every POST carries an idempotency key derived from a
+  local row and a step, so a retry — by stripe-python, Celery or an operator — can never
+  create a second object.
+- The PHI guard checks every outbound payload before it leaves; a refusal never reaches
+  the network.
+- SDK errors are mapped to a small family: CardDeclined, Transient, Permanent.
+
+Nothing here runs inside a database transaction: callers commit first (billing.push)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import requests
+import stripe
+from django.conf import settings
+from django.db import connection
+from requests.adapters import HTTPAdapter
+
+from billing.phi_guard import phi_check
+from offices.models import Office
+
+if TYPE_CHECKING:
+    from stripe.params import (
+        CustomerCreateParams,
+        InvoiceCreateParams,
+        InvoiceFinalizeInvoiceParams,
+        InvoiceItemCreateParams,
+        InvoiceListParams,
+        InvoicePayParams,
+    )
+
+# Pinned in one place. Stripe webhooks and responses follow the version we send.
+STRIPE_API_VERSION = "2026-08-26.dahlia"
+
+
+class GatewayError(Exception):
+    """A Stripe call failed. `transient` ones are worth retrying with the same key."""
+
+    transient = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CardDeclined(GatewayError):
+    pass
+
+
+class Transient(GatewayError):
+    transient = True
+
+
+class Permanent(GatewayError):
+    pass
+
+
+class OutsideTransactionRequired(RuntimeError):
+    pass
+
+
+class Tls12Adapter(HTTPAdapter):
+    """An HTTPS adapter whose SSL context refuses anything older than TLS 1.2."""
+
+    def __init__(self, *args: Any, ca_file: str | None = None, **kwargs: Any) -> None:
+        self._ca_file = ca_file
+        super().__init__(*args, **kwargs)
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self._ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context()
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._context()
+        return super().proxy_manager_for(*args, **kwargs)
+
+
+def http_session(*, ca_file: str | None = None) -> requests.Session:
+    session = requests.Session()
+    session.mount("https://", Tls12Adapter(ca_file=ca_file))
+    return session
+
+
+def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe.StripeClient:
+    """A configured client. `api_base` and `ca_file` exist for tests (localstripe, a test CA)."""
+    base = api_base or settings.STRIPE_API_BASE or None
+    http_client = stripe.RequestsClient(
+        timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
+        session=http_session(ca_file=ca_file),
+    )
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY,
+        stripe_version=STRIPE_API_VERSION,
+        base_addresses={"api": base} if base else None,
+        max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
+        http_client=http_client,
+    )
+
+
+def _map_errors(exc: stripe.StripeError) -> GatewayError:
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.CardError):
+        return CardDeclined(message, code=code)
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
+        return Transient(message, code=code)
+    if isinstance(exc, stripe.APIError) or (getattr(exc, "http_status", None) or 0) >= 500:
+        return Transient(message, code=code)
+    if isinstance(exc, stripe.IdempotencyError) and getattr(exc, "http_status", None) == 409:
+        return Transient(message, code=code)  # the same key is in flight: retry later
+    return Permanent(message, code=code)
+
+
+def _outside_transaction() -> None:
+    if connection.in_atomic_block and not getattr(settings, "STRIPE_ALLOW_IN_TRANSACTION", False):
+        raise OutsideTransactionRequired("Stripe is never called inside a database transaction (spec §8).")
+
+
+class Gateway:
+    """Typed calls for what we use. Each POST names its idempotency key."""
+
+    def __init__(self, stripe_client: stripe.StripeClient | None = None) -> None:
+        self._client = stripe_client or client()
+
+    def _guard(self, office: Office, payload: dict[str, Any]) -> None:
+        phi_check(office=office, fields=payload)
+
+    def _call(self, fn: Any, params: Any, key: str | None) -> Any:
+        _outside_transaction()
+        options: dict[str, Any] = {"idempotency_key": key} if key else {}
+        try:
+            return fn(params=params, options=options)
+        except stripe.StripeError as exc:
+            raise _map_errors(exc) from exc
+
+    # --- customers -----------------------------------------------------------------
+    def customer_create(self, *, office: Office, key: str) -> Any:
+        params: CustomerCreateParams = {
+            "name": office.name,
+            "email": office.billing_email,
+            "metadata": {"office_id": str(office.pk)},
+        }
+        self._guard(office, dict(params))
+        return self._call(self._client.v1.customers.create, params, key)
+
+    # --- invoices ------------------------------------------------------------------
+    def invoice_create(self, *, office: Office, params: InvoiceCreateParams, key: str) -> Any:
+        self._guard(office, dict(params))
+        return self._call(self._client.v1.invoices.create, params, key)
+
+    def invoice_item_create(self, *, office: Office, params: InvoiceItemCreateParams, key: str) -> Any:
+        self._guard(office, dict(params))
+        return self._call(self._client.v1.invoice_items.create, params, key)
+
+    def invoice_finalize(self, *, stripe_invoice_id: str, key: str) -> Any:
+        params: InvoiceFinalizeInvoiceParams = {"auto_advance": True}
+        return self._call(
+            lambda params, options: self._client.v1.invoices.finalize_invoice(
+                stripe_invoice_id, params=params, options=options
+            ),
+            params,
+            key,
+        )
+
+    def invoice_pay(self, *, stripe_invoice_id: str, key: str, out_of_band: bool = False) -> Any:
+        params: InvoicePayParams = {"paid_out_of_band": True} if out_of_band else {}
+        return self._call(
+            lambda params, options: self._client.v1.invoices.pay(stripe_invoice_id, params=params, options=options),
+            params,
+            key,
+        )
+
+    def invoice_void(self, *, stripe_invoice_id: str, key: str) -> Any:
+        return self._call(
+            lambda params, options: self._client.v1.invoices.void_invoice(
+                stripe_invoice_id, params=params, options=options
+            ),
+            {},
+            key,
+        )
+
+    def invoice_retrieve(self, *, stripe_invoice_id: str) -> Any:
+        return self._call(
+            lambda params, options: self._client.v1.invoices.retrieve(
+                stripe_invoice_id, params=params, options=options
+            ),
+            {},
+            None,
+        )
+
+    def invoices_list(self, *, params: InvoiceListParams) -> Iterator[Any]:
+        """Every invoice matching `params`, page by page (auto-pagination)."""
+        page = self._call(self._client.v1.invoices.list, params, None)
+        try:
+            yield from page.auto_paging_iter()
+        except stripe.StripeError as exc:
+            raise _map_errors(exc) from exc

@@ -1,0 +1,207 @@
+"""Pushing finalized invoices to Stripe (spec §8), resumable at every step.
+
+Order: the Stripe customer (once per office) → the Stripe invoice as a draft (our number,
+the office's collection method, metadata {invoice_id, office_id}) → its items, added to
+that invoice explicitly → finalization. Each POST has an idempotency key derived from
+the local invoice and the step; the Stripe id is stored as soon as it is known; a push
+resumed after the key may have expired first looks the invoice up by customer and
+metadata. Stripe writes per invoice depend on the number of (kind, unit price) groups
+and manual lines, never on the patient count. Never called inside a transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count
+
+from audit.models import ActorType, Outcome
+from audit.services import audit_record
+from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, LineKind, PushState
+from billing.stripe_gateway import Gateway, GatewayError
+from offices.models import CollectionMethod, Office
+
+logger = logging.getLogger("billing.stripe")
+
+GROUP_LABELS: dict[str, str] = {
+    LineKind.RECURRING: "Active patients",
+    LineKind.ACTIVATION: "Patients activated during the period",
+}
+
+
+@dataclass(frozen=True)
+class StripeItem:
+    key: str
+    description: str
+    quantity: int
+    unit_amount_cents: int
+
+
+def stripe_items(invoice: Invoice) -> list[StripeItem]:
+    """Patient lines aggregated per (kind, unit price); other lines one item each."""
+    period = ""
+    if invoice.period_start and invoice.period_end:
+        period = f", {invoice.period_start:%Y-%m-%d} to {invoice.period_end:%Y-%m-%d}"
+    items: list[StripeItem] = []
+    groups = (
+        LineItem.objects.filter(invoice=invoice, kind__in=PATIENT_LINE_KINDS)
+        .values("kind", "unit_amount_cents")
+        .annotate(n=Count("id"))
+        .order_by("kind", "unit_amount_cents")
+    )
+    for group in groups:
+        items.append(
+            StripeItem(
+                key=f"{group['kind']}:{group['unit_amount_cents']}",
+                description=f"{GROUP_LABELS[group['kind']]}{period}",
+                quantity=group["n"],
+                unit_amount_cents=group["unit_amount_cents"],
+            )
+        )
+    for line in LineItem.objects.filter(invoice=invoice).exclude(kind__in=PATIENT_LINE_KINDS).order_by("id"):
+        items.append(
+            StripeItem(
+                key=f"line:{line.pk}",
+                description=line.description,
+                quantity=line.quantity,
+                unit_amount_cents=line.unit_amount_cents,
+            )
+        )
+    return items
+
+
+def customer_ensure(*, office: Office, gateway: Gateway) -> str:
+    """One Stripe Customer per office, created once (idempotency key from the office)."""
+    if office.payment_provider_customer_id:
+        return office.payment_provider_customer_id
+    customer = gateway.customer_create(office=office, key=f"office:{office.pk}:customer")
+    customer_id = str(customer["id"])
+    Office.objects.filter(pk=office.pk, payment_provider_customer_id__isnull=True).update(
+        payment_provider_customer_id=customer_id
+    )
+    office.refresh_from_db(fields=["payment_provider_customer_id"])
+    audit_record(
+        action="stripe.customer_created",
+        actor_type=ActorType.SYSTEM,
+        target=office,
+        office_id=office.pk,
+        data={"customer": office.payment_provider_customer_id},
+    )
+    return str(office.payment_provider_customer_id)
+
+
+def _find_existing(gateway: Gateway, customer_id: str, invoice: Invoice) -> str | None:
+    for found in gateway.invoices_list(params={"customer": customer_id, "limit": 100}):
+        metadata = found["metadata"] or {}
+        if str(metadata.get("invoice_id", "")) == str(invoice.pk):
+            return str(found["id"])
+    return None
+
+
+def _item_keys_on(stripe_invoice: Any) -> set[str]:
+    keys: set[str] = set()
+    lines = stripe_invoice["lines"]["data"] if stripe_invoice["lines"] else []
+    for line in lines:
+        metadata = line["metadata"] or {}
+        if metadata.get("item_key"):
+            keys.add(str(metadata["item_key"]))
+    return keys
+
+
+def invoice_push(*, invoice_id: int, gateway: Gateway | None = None) -> Invoice:
+    """Bring the Stripe side of one finalized invoice up to date. Safe to call again."""
+    if transaction.get_connection().in_atomic_block:
+        raise RuntimeError("invoice_push runs outside transactions (spec §8)")
+    invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
+    if invoice.push_state not in (PushState.PENDING, PushState.FAILED):
+        return invoice
+    if invoice.status == InvoiceStatus.DRAFT:
+        raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
+    gw = gateway or Gateway()
+    office = invoice.office
+    Invoice.objects.filter(pk=invoice.pk).update(push_attempts=invoice.push_attempts + 1)
+    try:
+        stripe_id = _push(invoice=invoice, office=office, gateway=gw)
+    except GatewayError as exc:
+        Invoice.objects.filter(pk=invoice.pk).update(
+            push_state=PushState.PENDING if exc.transient else PushState.FAILED, push_error=str(exc)[:500]
+        )
+        audit_record(
+            action="invoice.push_failed",
+            target=invoice,
+            office_id=office.pk,
+            outcome=Outcome.FAILURE,
+            reason=type(exc).__name__,
+            data={"number": invoice.number, "transient": exc.transient},
+        )
+        raise
+    Invoice.objects.filter(pk=invoice.pk).update(
+        push_state=PushState.PUSHED, push_error="", stripe_invoice_id=stripe_id
+    )
+    audit_record(
+        action="invoice.pushed",
+        target=invoice,
+        office_id=office.pk,
+        data={"number": invoice.number, "stripe_invoice_id": stripe_id, "total_cents": invoice.total_cents},
+    )
+    invoice.refresh_from_db()
+    return invoice
+
+
+def _push(*, invoice: Invoice, office: Office, gateway: Gateway) -> str:
+    customer_id = customer_ensure(office=office, gateway=gateway)
+    key = f"invoice:{invoice.pk}"
+    stripe_id = invoice.stripe_invoice_id or _find_existing(gateway, customer_id, invoice)
+    if stripe_id is None:
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "collection_method": office.collection_method,
+            "auto_advance": False,
+            "pending_invoice_items_behavior": "exclude",
+            "currency": invoice.currency,
+            "number": invoice.number,
+            "metadata": {"invoice_id": str(invoice.pk), "office_id": str(office.pk)},
+        }
+        if office.collection_method == CollectionMethod.SEND_INVOICE:
+            params["days_until_due"] = office.days_until_due
+        created = gateway.invoice_create(office=office, params=params, key=f"{key}:create")  # type: ignore[arg-type]
+        stripe_id = str(created["id"])
+    # Store the id at once: whatever happens next, a retry resumes on this invoice.
+    Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id__isnull=True).update(stripe_invoice_id=stripe_id)
+    current = gateway.invoice_retrieve(stripe_invoice_id=stripe_id)
+    if current["status"] == "draft":
+        present = _item_keys_on(current)
+        for item in _missing(stripe_items(invoice), present):
+            gateway.invoice_item_create(
+                office=office,
+                params={
+                    "customer": customer_id,
+                    "invoice": stripe_id,
+                    "currency": invoice.currency,
+                    "description": item.description,
+                    "quantity": item.quantity,
+                    "unit_amount_decimal": Decimal(item.unit_amount_cents),  # an exact integer of cents
+                    "metadata": {"invoice_id": str(invoice.pk), "item_key": item.key},
+                },
+                key=f"{key}:item:{item.key}",
+            )
+        current = gateway.invoice_finalize(stripe_invoice_id=stripe_id, key=f"{key}:finalize")
+    if int(current["total"]) != invoice.total_cents:
+        audit_record(
+            action="reconciliation.mismatch",
+            target=invoice,
+            office_id=office.pk,
+            outcome=Outcome.FAILURE,
+            reason="total",
+            data={"local_cents": invoice.total_cents, "stripe_cents": int(current["total"]), "stripe_id": stripe_id},
+        )
+        logger.error("invoice %s: Stripe total %s != local %s", invoice.number, current["total"], invoice.total_cents)
+    return stripe_id
+
+
+def _missing(items: Iterable[StripeItem], present: set[str]) -> list[StripeItem]:
+    return [item for item in items if item.key not in present]
