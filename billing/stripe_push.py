@@ -94,10 +94,18 @@ def customer_ensure(*, office: Office, gateway: Gateway) -> str:
     return str(office.payment_provider_customer_id)
 
 
+def _metadata(obj: Any) -> dict[str, Any]:
+    """A Stripe object's metadata as a plain dict (StripeObject is not a dict in v15)."""
+    try:
+        metadata = obj["metadata"]
+    except KeyError:
+        return {}
+    return dict(metadata.to_dict()) if metadata else {}
+
+
 def _find_existing(gateway: Gateway, customer_id: str, invoice: Invoice) -> str | None:
     for found in gateway.invoices_list(params={"customer": customer_id, "limit": 100}):
-        metadata = found["metadata"] or {}
-        if str(metadata.get("invoice_id", "")) == str(invoice.pk):
+        if str(_metadata(found).get("invoice_id", "")) == str(invoice.pk):
             return str(found["id"])
     return None
 
@@ -106,7 +114,7 @@ def _item_keys_on(stripe_invoice: Any) -> set[str]:
     keys: set[str] = set()
     lines = stripe_invoice["lines"]["data"] if stripe_invoice["lines"] else []
     for line in lines:
-        metadata = line["metadata"] or {}
+        metadata = _metadata(line)
         if metadata.get("item_key"):
             keys.add(str(metadata["item_key"]))
     return keys

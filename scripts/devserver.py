@@ -5,7 +5,7 @@ migrates, seeds the demo data (which prints the logins), then starts and supervi
 
 - localstripe on `STRIPE_PORT` (default 8420), without `--from-scratch` and with
   `TMPDIR=var/localstripe/`, so its pickled store survives restarts beside the database
-  (through LOCALSTRIPE_SHIM below: localstripe itself ignores TMPDIR);
+  (through our launcher billing/localstripe_ext.py: localstripe itself ignores TMPDIR);
 - a Celery worker with embedded beat (filesystem broker under `var/celery-broker/` unless
   `CELERY_BROKER_URL` says otherwise; the beat scheduler comes from the settings);
 - Django's runserver on 127.0.0.1:`WEB_PORT` (default 8000), with autoreload.
@@ -43,41 +43,8 @@ START_TIMEOUT = 30.0  # seconds for a server to answer on its port
 
 _print_lock = threading.Lock()
 
-# localstripe 1.15.10 hard-codes its store file as /tmp/localstripe.pickle (it ignores
-# TMPDIR), so every instance on the machine, test runs with --from-scratch included, would
-# share and overwrite one file. This shim starts its own `start()` with the store kept in
-# $TMPDIR (var/localstripe/ here), written atomically, and an unreadable file set aside
-# instead of stopping the server.
-LOCALSTRIPE_SHIM = """
-import os, pickle, sys, tempfile
-from localstripe import resources, server
-
-path = os.path.join(tempfile.gettempdir(), "localstripe.pickle")
-
-def load(self):
-    try:
-        with open(path, "rb") as f:
-            old = pickle.load(f)
-    except FileNotFoundError:
-        return
-    except Exception as exc:
-        os.replace(path, path + ".unreadable")
-        print(f"localstripe store {path} unreadable ({exc!r}): set aside, starting empty", flush=True)
-        return
-    self.clear()
-    self.update(old)
-
-def dump(self):
-    with open(path + ".tmp", "wb") as f:
-        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(path + ".tmp", path)
-
-resources.Store.try_load_from_disk = load
-resources.Store.dump_to_disk = dump
-sys.argv[0] = "localstripe"
-print(f"localstripe store: {path}", flush=True)
-server.start()
-"""
+# localstripe runs through our launcher (billing/localstripe_ext.py): it adds what we use
+# from Stripe's API and keeps its store in $TMPDIR (var/localstripe/ here).
 
 
 def say(message: str) -> None:
@@ -210,6 +177,7 @@ def child_env(stripe_port: int) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     if not env.get("STRIPE_API_BASE"):
         env["STRIPE_API_BASE"] = f"http://{HOST}:{stripe_port}"
+    env.setdefault("STRIPE_PUSH_ENABLED", "true")  # finalized invoices go to localstripe
     return env
 
 
@@ -302,7 +270,7 @@ def main() -> int:
     children: list[Child] = []
     try:
         stripe_env = {**env, "TMPDIR": str(VAR / "localstripe")}
-        localstripe_argv = [python, "-c", LOCALSTRIPE_SHIM, "--port", str(stripe_port)]  # no --from-scratch
+        localstripe_argv = [python, "-m", "billing.localstripe_ext", "--port", str(stripe_port)]  # keeps its store
         localstripe = Child("localstripe", localstripe_argv, stripe_env)
         children.append(localstripe)
         if not wait_for_port(localstripe, stripe_port, stop):

@@ -1,0 +1,113 @@
+"""Pushing finalized invoices to Stripe — over HTTP, with the real stripe-python client,
+against our extended localstripe (billing/localstripe_ext.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import transaction
+
+from billing.models import Invoice, InvoiceKind, InvoiceStatus, PushState
+from billing.runs import billing_run
+from billing.services import patient_activate, subscription_create
+from billing.stripe_gateway import Gateway, OutsideTransactionRequired, client
+from billing.stripe_push import invoice_push, stripe_items
+from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.localstripe_server import run_localstripe
+from offices.models import CollectionMethod, Office
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CHI = ZoneInfo("America/Chicago")
+
+
+@pytest.fixture(scope="module")
+def stripe_url():
+    with run_localstripe() as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def fresh_number_prefix(settings):
+    # One localstripe serves the module while the database is emptied between tests, and
+    # Stripe (faithfully) refuses a number already used: give each test its own prefix.
+    settings.INVOICE_NUMBER_PREFIX = f"T{uuid.uuid4().hex[:6].upper()}"
+
+
+@pytest.fixture
+def gateway(stripe_url):
+    return Gateway(client(api_base=stripe_url))
+
+
+def billed_office(*, patients: int = 5, collection_method: str = CollectionMethod.CHARGE_AUTOMATICALLY) -> Office:
+    professional_plan()
+    office = OfficeFactory(timezone="America/Chicago", collection_method=collection_method)
+    start = datetime(2026, 3, 10, 14, tzinfo=CHI)
+    with at(start - timedelta(days=1)):
+        for _ in range(patients):
+            patient_activate(patient=PatientFactory(office=office))
+    with at(start):
+        subscription_create(office=office, plan_code="professional")
+    with at(start + timedelta(days=10)):
+        patient_activate(patient=PatientFactory(office=office))
+    with at(datetime(2026, 4, 10, 1, tzinfo=CHI)):
+        billing_run()
+    return office
+
+
+def stripe_invoices_of(gateway: Gateway, office: Office) -> list:
+    office.refresh_from_db()
+    return list(gateway.invoices_list(params={"customer": office.payment_provider_customer_id, "limit": 100}))
+
+
+def test_it_pushes_every_finalized_invoice_with_the_local_total_and_number(gateway):
+    office = billed_office(patients=40)
+    finalized = Invoice.objects.filter(office=office).exclude(status=InvoiceStatus.DRAFT).order_by("id")
+    assert finalized.count() == 2  # the setup fee and the first cycle
+    for invoice in finalized:
+        pushed = invoice_push(invoice_id=invoice.pk, gateway=gateway)
+        assert pushed.push_state == PushState.PUSHED and pushed.stripe_invoice_id
+        remote = gateway.invoice_retrieve(stripe_invoice_id=pushed.stripe_invoice_id)
+        assert remote["total"] == invoice.total_cents
+        assert remote["number"] == invoice.number
+        assert remote["status"] in ("open", "paid")
+        assert remote["metadata"]["invoice_id"] == str(invoice.pk)
+        assert remote["metadata"]["office_id"] == str(office.pk)
+        assert remote["collection_method"] == "charge_automatically"
+    office.refresh_from_db()
+    assert office.payment_provider_customer_id
+    assert len(stripe_invoices_of(gateway, office)) == 2
+
+
+def test_it_sends_one_item_per_kind_and_price_whatever_the_patient_count(gateway):
+    office = billed_office(patients=60)
+    cycle = Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
+    items = stripe_items(cycle)
+    assert [(i.quantity, i.unit_amount_cents) for i in items[:2]] == [(1, 450), (60, 450)]  # activation, recurring
+    assert len(items) == 2  # 61 × 450 = 27450 is above the minimum: no adjustment line
+    invoice_push(invoice_id=cycle.pk, gateway=gateway)
+    remote = gateway.invoice_retrieve(stripe_invoice_id=Invoice.objects.get(pk=cycle.pk).stripe_invoice_id)
+    assert len(remote["lines"]["data"]) == 2 and remote["total"] == 61 * 450
+
+
+def test_it_resumes_a_push_without_creating_a_second_stripe_invoice(gateway):
+    office = billed_office(collection_method=CollectionMethod.SEND_INVOICE)
+    cycle = Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
+    invoice_push(invoice_id=cycle.pk, gateway=gateway)
+    first = Invoice.objects.get(pk=cycle.pk).stripe_invoice_id
+    # A worker that crashed before recording the push: the id is lost, the state pending.
+    Invoice.objects.filter(pk=cycle.pk).update(stripe_invoice_id=None, push_state=PushState.PENDING)
+    again = invoice_push(invoice_id=cycle.pk, gateway=gateway)
+    assert again.stripe_invoice_id == first and again.push_state == PushState.PUSHED
+    ids = [i["id"] for i in stripe_invoices_of(gateway, office) if i["metadata"]["invoice_id"] == str(cycle.pk)]
+    assert ids == [first]
+    remote = gateway.invoice_retrieve(stripe_invoice_id=first)
+    assert remote["collection_method"] == "send_invoice" and remote["total"] == cycle.total_cents
+
+
+def test_it_never_calls_stripe_inside_a_transaction(gateway):
+    office = billed_office(patients=1)
+    with pytest.raises(OutsideTransactionRequired), transaction.atomic():
+        gateway.customer_create(office=office, key=f"office:{office.pk}:customer")
