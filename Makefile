@@ -21,7 +21,7 @@ run: $(STAMP) .env
 
 ## make test: install if needed, run the whole suite (SQLite unless DATABASE_URL says otherwise).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --reuse-db $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
