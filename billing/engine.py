@@ -176,6 +176,19 @@ def reconcile_patient_lines(*, invoice: Invoice, unit_cents: int) -> tuple[int, 
             ],
         )
         added = cursor.rowcount
+        # A kind can disagree with the history when a draft opened at the very instant a
+        # patient was deactivated: the history decides (a late run must give the same).
+        kind_of_line = _KIND_AT_START.replace("p.id", "billing_lineitem.patient_id")
+        cursor.execute(
+            f"""
+            UPDATE billing_lineitem
+            SET kind = {kind_of_line},
+                description = CASE WHEN {kind_of_line} = 'recurring' THEN 'Active patient ' || patient_ref
+                                   ELSE 'Patient activated during the period ' || patient_ref END
+            WHERE invoice_id = %s AND patient_id IS NOT NULL AND kind <> {kind_of_line}
+            """,  # noqa: S608 - only our own constant fragments are formatted in
+            [start, start, start, start, invoice.pk, start, start],
+        )
     return added, removed
 
 
