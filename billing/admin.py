@@ -542,3 +542,16 @@ class BillingOfficeAdmin(OfficeAdmin):
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
+
+
+# dj-stripe's key and endpoint tables would hold secrets in the database: our rule keeps
+# keys and webhook secrets in the environment only, so their admin pages are not offered.
+def _unregister_djstripe_secret_admins() -> None:
+    from djstripe import models as djstripe_models
+
+    for model in (djstripe_models.APIKey, djstripe_models.WebhookEndpoint):
+        if admin.site.is_registered(model):
+            admin.site.unregister(model)
+
+
+_unregister_djstripe_secret_admins()
