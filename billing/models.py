@@ -278,3 +278,43 @@ class BillingRunError(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id} office {self.office_id}"
+
+
+class StripeEventStatus(models.TextChoices):
+    RECEIVED = "received"  # recorded and claimed by the worker reacting to it
+    PROCESSED = "processed"
+    FAILED = "failed"  # a redelivery retries it
+
+
+class StripeEvent(models.Model):
+    """A verified Stripe webhook event, recorded once by its id (spec §8).
+
+    The unique `event_id` decides which of several concurrent deliveries reacts; the
+    others see the row. No body is kept: reactions re-read the current object from
+    Stripe, and dj-stripe keeps its own mirror. No secret or signature is stored."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100, db_index=True)
+    livemode = models.BooleanField(default=False)
+    api_version = models.CharField(max_length=64, blank=True, default="")
+    object_type = models.CharField(max_length=64, blank=True, default="")
+    object_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    stripe_created = models.DateTimeField(help_text="When Stripe created the event.")
+    office = models.ForeignKey(Office, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=16, choices=StripeEventStatus.choices, default=StripeEventStatus.RECEIVED)
+    attempts = models.PositiveIntegerField(default=1)
+    deliveries = models.PositiveIntegerField(default=1)
+    outcome = models.CharField(max_length=200, blank=True, default="")
+    error = models.CharField(max_length=500, blank=True, default="")
+    mirrored = models.BooleanField(default=False, help_text="Handed to dj-stripe's mirror without error.")
+    mirror_error = models.CharField(max_length=500, blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField()
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-stripe_created", "-id"]
+        indexes = [models.Index(fields=["status", "claimed_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id} ({self.status})"

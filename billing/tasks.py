@@ -73,3 +73,27 @@ def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), lim
     for invoice_id in ids:
         invoice_push_task.delay(invoice_id)
     return len(ids)
+
+
+@shared_task(bind=True)
+def dunning_tick(self: Any) -> dict[str, int]:
+    """Hourly (beat): send_invoice invoices past their due date become past due; offices
+    past due longer than the grace period are suspended; paid-up offices are active again."""
+    from dataclasses import asdict
+
+    from billing.dunning import dunning_run
+
+    with audit_source(task_id=str(self.request.id or "")):
+        return asdict(dunning_run())
+
+
+@shared_task(bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=60, max_retries=5)
+def reconcile_stripe_task(self: Any) -> int | None:
+    """Daily (beat): compare local invoices with Stripe; report and audit mismatches
+    (never fixes them). Skipped where Stripe is not in use (STRIPE_PUSH_ENABLED off)."""
+    from billing.reconcile import reconcile_stripe
+
+    if not settings.STRIPE_PUSH_ENABLED:
+        return None
+    with audit_source(task_id=str(self.request.id or "")):
+        return len(reconcile_stripe().mismatches)

@@ -13,6 +13,8 @@ from billing.api import (
     PlansView,
     SubscriptionView,
 )
+from billing.webhooks import stripe_webhook
+from config.auth_api import LogoutView, TokenView
 from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
 from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView
 
@@ -41,6 +43,10 @@ api_v1 = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("stripe/webhook/", stripe_webhook),
+    # Authentication (config/auth_api.py): outside api_v1, whose resources the authz matrix covers.
+    path("api/v1/auth/token/", TokenView.as_view(), name="auth-token"),
+    path("api/v1/auth/logout/", LogoutView.as_view(), name="auth-logout"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -46,7 +46,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audit.middleware.AuditContextMiddleware",
-    "auditlog.middleware.AuditlogMiddleware",
+    # django-auditlog's middleware, given our validated client IP and request id.
+    "audit.middleware.AuditlogMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -123,6 +124,12 @@ STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
 # Push finalized invoices to Stripe after commit (a Celery task). Off in the test settings:
 # tests that exercise Stripe turn it on against their own localstripe.
 STRIPE_PUSH_ENABLED = env.bool("STRIPE_PUSH_ENABLED", default=False)
+# Webhooks (billing/webhooks.py): signatures older or newer than this are refused, and so
+# are bodies above this size (Stripe's events are a few kB).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+STRIPE_WEBHOOK_MAX_BODY_BYTES = env.int("STRIPE_WEBHOOK_MAX_BODY_BYTES", default=1024 * 1024)
+# Reconciliation (billing/reconcile.py): open invoices plus those changed in this many days.
+STRIPE_RECONCILE_DAYS = env.int("STRIPE_RECONCILE_DAYS", default=35)
 
 # dj-stripe mirrors Stripe. Its key settings are derived from STRIPE_SECRET_KEY; it never
 # stores a key or webhook secret (see billing/djstripe_adapter.py).
@@ -145,7 +152,7 @@ REST_KNOX = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Tokens first: their 401 carries a challenge. Stored hashed, with an expiry (knox).
-        "knox.auth.TokenAuthentication",
+        "config.authentication.TokenAuthentication",  # knox's, hardened; tells auditlog the actor
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -153,6 +160,12 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Counted in the shared cache (CACHES below), keyed on the validated client IP or user.
+    "DEFAULT_THROTTLE_CLASSES": ["config.authentication.ApiRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "login": env.str("API_LOGIN_RATE", default="10/min"),  # per client IP, token endpoint
+        "api": env.str("API_RATE", default="600/min"),  # per user (per IP when anonymous)
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clinic billing API",
@@ -161,10 +174,31 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two choice sets share the field name "kind": name them (no hashed names, no warning).
+    "ENUM_NAME_OVERRIDES": {
+        "InvoiceKindEnum": "billing.models.InvoiceKind",
+        "LineKindEnum": "billing.models.LineKind",
+    },
 }
 # Idle timeout for sessions (HIPAA automatic logoff): 15 minutes without a request.
 SESSION_COOKIE_AGE = env.int("SESSION_IDLE_SECONDS", default=900)
 SESSION_SAVE_EVERY_REQUEST = True
+
+# Proxies of our own in front of the app (0: none, the client IP is REMOTE_ADDR; N: the Nth
+# X-Forwarded-For entry from the right). Never more than there really are: every entry left
+# of our proxies' is client-controlled. See audit/middleware.py.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Shared by every process (throttle counters). Default: Django's database cache, which
+# works across processes with no server (its table comes from `manage.py createcachetable`;
+# the test runner creates it). Production: CACHE_URL=redis://host:6379/1.
+CACHES = {"default": env.cache_url_config(env.str("CACHE_URL", default="") or "dbcache://django_cache")}
+
+# django-auditlog (model diffs; the domain AuditEvent chain is the record of authority):
+# its IP comes from audit.middleware.AuditlogMiddleware, its correlation id is our request id.
+AUDITLOG_DISABLE_REMOTE_ADDR = False
+AUDITLOG_CID_GETTER = "audit.middleware.current_request_id"
+AUDITLOG_DISABLE_ON_RAW_SAVE = True
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"
@@ -188,6 +222,10 @@ CELERY_BEAT_SCHEDULE = {
     # Hourly: offices have different anchors and time zones, so boundaries fall at every hour.
     "billing-run-hourly": {"task": "billing.tasks.billing_run_tick", "schedule": 3600.0},
     "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 60.0},
+    # Dunning: send_invoice invoices past their due date, grace period, suspension, recovery.
+    "billing-dunning-hourly": {"task": "billing.tasks.dunning_tick", "schedule": 3600.0},
+    # Reconciliation with Stripe (reports and audits mismatches, never fixes them).
+    "stripe-reconcile-daily": {"task": "billing.tasks.reconcile_stripe_task", "schedule": 86400.0},
 }
 
 LOGGING = {
