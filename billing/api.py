@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -15,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.services import audit_record
-from billing import services
+from billing import services, stripe_sessions
 from billing.documents import invoice_pdf
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LineItem, Plan
 from billing.selectors import invoices_for_office, payment_status
@@ -277,3 +278,32 @@ class OneOffInvoicesView(NoStoreMixin, APIView):
         )
         invoice = Invoice.objects.prefetch_related("lines").get(pk=invoice.pk)
         return Response(InvoiceDetailSerializer(invoice).data, status=status.HTTP_201_CREATED)
+
+
+class SetupSessionRequestSerializer(serializers.Serializer[Any]):
+    success_url = serializers.URLField(required=False)
+    cancel_url = serializers.URLField(required=False)
+
+
+class SetupSessionSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    url = serializers.URLField()
+
+
+class PaymentMethodSessionView(NoStoreMixin, APIView):
+    """A Stripe-hosted page where the office's billing admin saves a payment method; card
+    data never reaches this system (spec §8)."""
+
+    @extend_schema(request=SetupSessionRequestSerializer, responses={201: SetupSessionSerializer})
+    def post(self, request: Request, office_id: int) -> Response:
+        access = office_access(request.user, office_id)
+        require(access, access.billing, "manage payment methods")
+        data = SetupSessionRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session = stripe_sessions.setup_session_create(
+            office=access.office,
+            success_url=data.validated_data.get("success_url") or settings.BILLING_PORTAL_RETURN_URL,
+            cancel_url=data.validated_data.get("cancel_url") or settings.BILLING_PORTAL_RETURN_URL,
+            actor=request.user,
+        )
+        return Response({"id": session.id, "url": session.url}, status=status.HTTP_201_CREATED)

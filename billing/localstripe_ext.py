@@ -1431,6 +1431,38 @@ def _account(_data: Data, _match: dict[str, str], _expand: list[str] | None) -> 
     return account_object()
 
 
+def _checkout_session_create(data: Data, _match: dict[str, str], _expand: list[str] | None) -> Data:
+    """A Checkout Session in `setup` mode (Stripe-hosted page to save a payment method).
+
+    Only what our gateway uses: no page is served; `url` points at this server."""
+    mode = data.get("mode")
+    if mode != "setup":
+        raise _error(400, "Only mode=setup is supported by this test server.", param="mode")
+    customer = data.get("customer")
+    if not customer:
+        raise _error(400, "Missing required param: customer.", param="customer")
+    ls.Customer._api_retrieve(customer)  # 404 like Stripe for an unknown customer
+    for param in ("success_url", "cancel_url"):
+        if not data.get(param):
+            raise _error(400, f"Missing required param: {param}.", param=param)
+    session_id = "cs_test_" + secrets.token_hex(12)
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "mode": "setup",
+        "customer": customer,
+        "status": "open",
+        "success_url": data["success_url"],
+        "cancel_url": data["cancel_url"],
+        "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+        "currency": data.get("currency"),
+        "payment_method_types": data.get("payment_method_types") or ["card"],
+        "metadata": data.get("metadata") or {},
+        "livemode": False,
+        "created": int(time.time()),
+    }
+
+
 def _account_by_id(_data: Data, match: dict[str, str], _expand: list[str] | None) -> Data:
     if match["id"] != ACCOUNT_ID:
         raise _error(404, f"No such account: '{match['id']}'", code="resource_missing", param="id")
@@ -1463,6 +1495,7 @@ def _endpoint(fn: Endpoint) -> Handler:
 
 ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
     ("GET", "/v1/account", _account),
+    ("POST", "/v1/checkout/sessions", _checkout_session_create),
     ("GET", "/v1/accounts/{id}", _account_by_id),
     ("GET", "/v1/events", _events_list),
     ("GET", "/v1/products/{id}/features", _product_features),

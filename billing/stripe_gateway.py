@@ -29,12 +29,14 @@ from offices.models import Office
 if TYPE_CHECKING:
     from stripe.params import (
         CustomerCreateParams,
+        CustomerUpdateParams,
         InvoiceCreateParams,
         InvoiceFinalizeInvoiceParams,
         InvoiceItemCreateParams,
         InvoiceListParams,
         InvoicePayParams,
     )
+    from stripe.params.checkout import SessionCreateParams
 
 # Pinned in one place. Stripe webhooks and responses follow the version we send.
 STRIPE_API_VERSION = "2026-08-26.dahlia"
@@ -154,6 +156,33 @@ class Gateway:
         }
         self._guard(office, dict(params))
         return self._call(self._client.v1.customers.create, params, key)
+
+    def customer_update(self, *, office: Office, customer_id: str, key: str) -> Any:
+        """Sync the office's business name and billing email (nothing else is sent)."""
+        params: CustomerUpdateParams = {"name": office.name, "email": office.billing_email}
+        self._guard(office, dict(params))
+        return self._call(
+            lambda params, options: self._client.v1.customers.update(customer_id, params=params, options=options),
+            params,
+            key,
+        )
+
+    def setup_session_create(
+        self, *, office: Office, customer_id: str, success_url: str, cancel_url: str, key: str
+    ) -> Any:
+        """A Stripe-hosted page (Checkout, setup mode) where the office saves a payment
+        method: card data never reaches this system."""
+        params: SessionCreateParams = {
+            "mode": "setup",
+            "customer": customer_id,
+            "currency": "usd",
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "payment_method_types": ["card"],
+            "metadata": {"office_id": str(office.pk)},
+        }
+        self._guard(office, dict(params))
+        return self._call(self._client.v1.checkout.sessions.create, params, key)
 
     # --- invoices ------------------------------------------------------------------
     def invoice_create(self, *, office: Office, params: InvoiceCreateParams, key: str) -> Any:

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from celery import shared_task
 from django.db import transaction
 from django.db.models import Count
 
+from audit.context import audit_source
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, LineKind, PushState
-from billing.stripe_gateway import Gateway, GatewayError
+from billing.stripe_gateway import Gateway, GatewayError, Transient
 from offices.models import CollectionMethod, Office
 
 logger = logging.getLogger("billing.stripe")
@@ -213,3 +215,26 @@ def _push(*, invoice: Invoice, office: Office, gateway: Gateway) -> str:
 
 def _missing(items: Iterable[StripeItem], present: set[str]) -> list[StripeItem]:
     return [item for item in items if item.key not in present]
+
+
+def customer_sync(*, office_id: int, gateway: Gateway | None = None) -> None:
+    """Later changes of the office's name or billing email are synced to its customer."""
+    office = Office.objects.get(pk=office_id)
+    if not office.payment_provider_customer_id:
+        return  # created with the current values at the first push
+    (gateway or Gateway()).customer_update(
+        office=office,
+        customer_id=office.payment_provider_customer_id,
+        key=f"office:{office.pk}:customer-update:{office.updated_at.timestamp():.6f}",
+    )
+    audit_record(
+        action="stripe.customer_updated", target=office, office_id=office.pk, data={"fields": ["name", "email"]}
+    )
+
+
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=5, retry_backoff_max=600, max_retries=8
+)
+def customer_sync_task(self: Any, office_id: int) -> None:
+    with audit_source(task_id=str(self.request.id or "")):
+        customer_sync(office_id=office_id)

@@ -14,6 +14,7 @@ from guardian.shortcuts import assign_perm, get_perms, remove_perm
 from audit.services import audit_record
 from config.errors import ApplicationError, ConflictError
 from offices.models import CollectionMethod, Company, Office, Role, SubscriptionStatus
+from offices.signals import billing_identity_changed
 from offices.timezones import validate_timezone
 
 User = get_user_model()
@@ -82,9 +83,13 @@ def office_update(*, office: Office, actor: Any = None, **changes: Any) -> Offic
     if "billing_email" in changes:
         _clean_email(changes["billing_email"])
     before = {k: str(getattr(office, k)) for k in changes}
+    identity_changed = any(k in ("name", "billing_email") and getattr(office, k) != v for k, v in changes.items())
     for key, value in changes.items():
         setattr(office, key, value)
     office.save()
+    if identity_changed:
+        office_id = office.pk
+        transaction.on_commit(lambda: billing_identity_changed.send(sender=Office, office_id=office_id), robust=True)
     audit_record(
         action="office.updated",
         actor=actor,

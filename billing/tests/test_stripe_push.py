@@ -111,3 +111,35 @@ def test_it_never_calls_stripe_inside_a_transaction(gateway):
     office = billed_office(patients=1)
     with pytest.raises(OutsideTransactionRequired), transaction.atomic():
         gateway.customer_create(office=office, key=f"office:{office.pk}:customer")
+
+
+def test_it_opens_a_stripe_hosted_payment_method_page_for_a_billing_admin(stripe_url, settings, client):
+    from django.contrib.auth import get_user_model
+
+    from offices.models import Role
+    from offices.services import office_member_grant
+
+    settings.STRIPE_API_BASE = stripe_url
+    office = OfficeFactory()
+    admin = get_user_model().objects.create_user(username="billing-admin", password="x")
+    office_member_grant(office=office, user=admin, role=Role.OFFICE_BILLING_ADMIN)
+    client.force_login(admin)
+    response = client.post(f"/api/v1/offices/{office.pk}/payment-method-session/", {}, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert response.json()["url"].startswith("https://") and response.json()["id"].startswith("cs_")
+    office.refresh_from_db()
+    assert office.payment_provider_customer_id  # the customer was created first
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_it_syncs_a_changed_name_and_billing_email_to_the_customer(gateway, stripe_url, settings):
+    from billing.stripe_push import customer_ensure, customer_sync
+    from offices.services import office_update
+
+    office = OfficeFactory(name="Old Name Clinic")
+    customer_id = customer_ensure(office=office, gateway=gateway)
+    office_update(office=office, name="New Name Clinic", billing_email="ap@newname.example")
+    customer_sync(office_id=office.pk, gateway=gateway)
+    remote = Gateway(client(api_base=stripe_url))._client.v1.customers.retrieve(customer_id)
+    assert remote["name"] == "New Name Clinic" and remote["email"] == "ap@newname.example"
+    assert dict(remote["metadata"].to_dict()) == {"office_id": str(office.pk)}

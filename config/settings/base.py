@@ -107,6 +107,8 @@ BILLING_DEFAULT_TIMEZONE = env("BILLING_DEFAULT_TIMEZONE", default="America/New_
 BILLING_DEFAULT_CURRENCY = "usd"
 BILLING_RUN_CHUNK_SIZE = env.int("BILLING_RUN_CHUNK_SIZE", default=200)
 
+# Where Stripe-hosted payment-method pages send the office back.
+BILLING_PORTAL_RETURN_URL = env.str("BILLING_PORTAL_RETURN_URL", default="http://127.0.0.1:8000/")
 BILLING_VENDOR = {
     "name": env("BILLING_VENDOR_NAME", default="Clinic Cloud, Inc."),
     "address": env("BILLING_VENDOR_ADDRESS", default="100 Example Street, Springfield"),
