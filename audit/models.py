@@ -43,7 +43,13 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["office_id", "ts"]), models.Index(fields=["actor_type", "actor_id"])]
+        indexes = [
+            models.Index(fields=["office_id", "ts"]),
+            models.Index(fields=["actor_type", "actor_id"]),
+            # The sealer's queue: small and always current, unlike the unique index on seq
+            # whose NULL entries linger until VACUUM.
+            models.Index(fields=["id"], condition=models.Q(seq__isnull=True), name="audit_unsealed_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq or '-'} {self.action} {self.target_type}:{self.target_id} ({self.outcome})"

@@ -7,9 +7,12 @@ under a short lock on the single head row (spec §9)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,9 +98,27 @@ def _seal_after_commit_callback() -> None:
         logger.exception("audit seal after commit failed; the periodic sealer will retry")
 
 
+_deferred: ContextVar[bool] = ContextVar("audit_seal_deferred", default=False)
+
+
+@contextlib.contextmanager
+def deferred_sealing() -> Iterator[None]:
+    """Within this block, entries are not sealed after each commit but once at the end
+    (bulk work such as a billing run: one seal instead of one per office)."""
+    token = _deferred.set(True)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+        if not connection.in_atomic_block:
+            _seal_after_commit_callback()
+
+
 def _seal_after_commit() -> None:
     """One seal per outermost transaction, however many entries it wrote (a rolled-back
     transaction drops its on_commit callbacks, so nothing is left scheduled)."""
+    if _deferred.get():
+        return
     if not connection.in_atomic_block:
         _seal_after_commit_callback()
         return
@@ -146,6 +167,8 @@ def audit_seal(*, batch_size: int = 2000) -> int:
             head.seq, head.entry_hash = seq, prev
             head.save(update_fields=["seq", "entry_hash", "updated_at"])
             sealed += len(pending)
+        if len(pending) < batch_size:
+            return sealed
 
 
 def audit_anchor() -> AuditAnchor | None:

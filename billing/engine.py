@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -42,6 +42,8 @@ class AdvanceStats:
     opened: int = 0
     lines: int = 0
     amount_finalized_cents: int = 0
+    # After a step: the office's next boundary (None when the subscription ended).
+    next_boundary: datetime | None = None
 
     def add(self, other: AdvanceStats) -> None:
         self.finalized += other.finalized
@@ -84,7 +86,11 @@ def plan_in_force(*, office: Office, cycle_start: datetime) -> Plan:
 
 
 def current_draft(office: Office) -> Invoice | None:
-    return Invoice.objects.filter(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT).first()
+    return (
+        Invoice.objects.select_related("plan")
+        .filter(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT)
+        .first()
+    )
 
 
 def is_active_at(*, patient_id: int, instant: datetime) -> bool:
@@ -97,15 +103,13 @@ def is_active_at(*, patient_id: int, instant: datetime) -> bool:
 
 # --- Patient lines, set-based ----------------------------------------------------------
 
-_KIND_AT_START = """CASE WHEN EXISTS (
-        SELECT 1 FROM patients_activationinterval s
-        WHERE s.patient_id = p.id AND s.activated_at <= %s AND (s.deactivated_at IS NULL OR s.deactivated_at > %s)
-    ) THEN 'recurring' ELSE 'activation' END"""
-
-_DESCRIPTION = (
-    "CASE WHEN {kind} = 'recurring' THEN 'Active patient ' || p.billing_ref "
-    "ELSE 'Patient activated during the period ' || p.billing_ref END"
-)
+# Patient-id sets of one office, written non-correlated so that the planner always starts
+# from the (office, activated_at) index whatever its statistics say.
+_ACTIVE_AT = """SELECT patient_id FROM patients_activationinterval
+    WHERE office_id = %s AND activated_at <= %s AND (deactivated_at IS NULL OR deactivated_at > %s)"""
+_BILLABLE_IN = """SELECT patient_id FROM patients_activationinterval
+    WHERE office_id = %s AND activated_at < %s AND (deactivated_at IS NULL OR deactivated_at > %s)"""
+_LABEL = {"recurring": "Active patient ", "activation": "Patient activated during the period "}
 
 
 def _dt(value: datetime) -> Any:
@@ -134,67 +138,52 @@ def insert_recurring_lines(*, invoice: Invoice, unit_cents: int) -> int:
 def reconcile_patient_lines(*, invoice: Invoice, unit_cents: int) -> tuple[int, int]:
     """Make the draft's patient lines equal the billable patients of [start, end) computed
     from the history (spec §5): remove lines of patients never active in the period, add
-    the missing ones with the kind the history gives. Returns (added, removed)."""
-    start, end = _dt(invoice.period_start), _dt(invoice.period_end)  # type: ignore[arg-type]
-    billable = """EXISTS (
-        SELECT 1 FROM patients_activationinterval a
-        WHERE a.patient_id = {p}.id AND a.activated_at < %s AND (a.deactivated_at IS NULL OR a.deactivated_at > %s))"""
+    the missing ones, and give every line the kind the history gives (recurring iff active
+    at the instant C.start). Five statements; all but the insert are no-ops as a rule.
+    Returns (added, removed)."""
+    office, start, end = invoice.office_id, _dt(invoice.period_start), _dt(invoice.period_end)  # type: ignore[arg-type]
+    active_at_start = [office, start, start]
+    billable = [office, end, start]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             DELETE FROM billing_lineitem
-            WHERE invoice_id = %s AND patient_id IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM patients_patient p WHERE p.id = billing_lineitem.patient_id AND {billable.format(p="p")})
+            WHERE invoice_id = %s AND patient_id IS NOT NULL AND patient_id NOT IN ({_BILLABLE_IN})
             """,  # noqa: S608 - only our own constant fragments are formatted in
-            [invoice.pk, end, start],
+            [invoice.pk, *billable],
         )
         removed = cursor.rowcount
-        kind = _KIND_AT_START
         cursor.execute(
             f"""
             INSERT INTO billing_lineitem
                 (invoice_id, kind, patient_id, patient_ref, description, quantity,
                  unit_amount_cents, amount_cents, created_at)
-            SELECT %s, {kind}, p.id, p.billing_ref, {_DESCRIPTION.format(kind=kind)}, 1, %s, %s, %s
+            SELECT %s, 'activation', p.id, p.billing_ref, '{_LABEL["activation"]}' || p.billing_ref, 1, %s, %s, %s
             FROM patients_patient p
-            WHERE p.office_id = %s AND {billable.format(p="p")}
-              AND NOT EXISTS (SELECT 1 FROM billing_lineitem l WHERE l.invoice_id = %s AND l.patient_id = p.id)
+            WHERE p.id IN ({_BILLABLE_IN})
+              AND p.id NOT IN (SELECT patient_id FROM billing_lineitem WHERE invoice_id = %s AND patient_id IS NOT NULL)
             """,  # noqa: S608 - only our own constant fragments are formatted in
-            [
-                invoice.pk,
-                start,
-                start,
-                start,
-                start,
-                unit_cents,
-                unit_cents,
-                _dt(timezone.now()),
-                invoice.office_id,
-                end,
-                start,
-                invoice.pk,
-            ],
+            [invoice.pk, unit_cents, unit_cents, _dt(timezone.now()), *billable, invoice.pk],
         )
         added = cursor.rowcount
-        # A kind can disagree with the history when a draft opened at the very instant a
-        # patient was deactivated: the history decides (a late run must give the same).
-        kind_of_line = _KIND_AT_START.replace("p.id", "billing_lineitem.patient_id")
-        cursor.execute(
-            f"""
-            UPDATE billing_lineitem
-            SET kind = {kind_of_line},
-                description = CASE WHEN {kind_of_line} = 'recurring' THEN 'Active patient ' || patient_ref
-                                   ELSE 'Patient activated during the period ' || patient_ref END
-            WHERE invoice_id = %s AND patient_id IS NOT NULL AND kind <> {kind_of_line}
-            """,  # noqa: S608 - only our own constant fragments are formatted in
-            [start, start, start, start, invoice.pk, start, start],
-        )
+        # Kinds from the history. Lines are inserted as `activation` above; a kind can also
+        # disagree when a draft opened at the very instant a patient was deactivated.
+        for kind, other, test in (("recurring", "activation", "IN"), ("activation", "recurring", "NOT IN")):
+            cursor.execute(
+                f"""
+                UPDATE billing_lineitem SET kind = %s, description = %s || patient_ref
+                WHERE invoice_id = %s AND kind = %s AND patient_id {test} ({_ACTIVE_AT})
+                """,  # noqa: S608 - only our own constant fragments are formatted in
+                [kind, _LABEL[kind], invoice.pk, other, *active_at_start],
+            )
     return added, removed
 
 
-def refresh_totals(invoice: Invoice) -> None:
-    total = LineItem.objects.filter(invoice=invoice).aggregate(s=Sum("amount_cents"))["s"] or 0
-    invoice.subtotal_cents = invoice.total_cents = total  # taxes are out of scope for v1
+def refresh_totals(invoice: Invoice) -> int:
+    """Set the totals from the lines (one query); returns the line count."""
+    agg = LineItem.objects.filter(invoice=invoice).aggregate(s=Sum("amount_cents"), n=Count("id"))
+    invoice.subtotal_cents = invoice.total_cents = agg["s"] or 0  # taxes are out of scope for v1
+    return int(agg["n"])
 
 
 # --- Opening and finalizing ------------------------------------------------------------
@@ -218,8 +207,12 @@ def open_cycle(*, office: Office, start: datetime, stats: AdvanceStats) -> Invoi
         period_end=end,
     )
     lines = insert_recurring_lines(invoice=invoice, unit_cents=plan.per_patient_cents)
-    refresh_totals(invoice)
-    invoice.save(update_fields=["subtotal_cents", "total_cents", "updated_at"])
+    if lines:
+        invoice.subtotal_cents = invoice.total_cents = lines * plan.per_patient_cents
+        Invoice.objects.filter(pk=invoice.pk).update(
+            subtotal_cents=invoice.subtotal_cents, total_cents=invoice.total_cents
+        )
+    stats.next_boundary = end
     fields = []
     if office.current_plan_id != plan.pk:
         office.current_plan = plan
@@ -301,7 +294,7 @@ def next_invoice_number(now: datetime) -> str:
 def finalize_invoice(*, invoice: Invoice, office: Office, stats: AdvanceStats) -> Invoice:
     """Freeze totals, number, `open` (or `paid` when the total is 0), then the push seam."""
     now = timezone.now()
-    refresh_totals(invoice)
+    line_count = refresh_totals(invoice)
     invoice.number = next_invoice_number(now)
     invoice.finalized_at = now
     if invoice.total_cents == 0:
@@ -318,7 +311,6 @@ def finalize_invoice(*, invoice: Invoice, office: Office, stats: AdvanceStats) -
             else now + timedelta(days=office.days_until_due)
         )
     invoice.save()
-    line_count = LineItem.objects.filter(invoice=invoice).count()
     stats.finalized += 1
     stats.amount_finalized_cents += invoice.total_cents
     audit_record(
