@@ -62,27 +62,20 @@ def lock_office(office_id: int) -> Office:
 
 def plan_in_force(*, office: Office, cycle_start: datetime) -> Plan:
     """The latest subscription at or before C.start, replaced by the latest plan change
-    requested strictly before C.start (and after that subscription) — spec §5."""
-    sub = (
-        PlanChange.objects.filter(office=office, kind=PlanChangeKind.SUBSCRIBE, requested_at__lte=cycle_start)
+    requested strictly before C.start (and after that subscription) — spec §5. One query:
+    the history is read newest first until the subscription it belongs to."""
+    history = (
+        PlanChange.objects.filter(office=office, requested_at__lte=cycle_start)
         .select_related("plan")
         .order_by("-requested_at", "-id")
-        .first()
     )
-    if sub is None:
-        raise LookupError(f"office {office.pk} has no subscription at {cycle_start.isoformat()}")
-    change = (
-        PlanChange.objects.filter(
-            office=office,
-            kind=PlanChangeKind.CHANGE,
-            requested_at__lt=cycle_start,
-            requested_at__gte=sub.requested_at,
-        )
-        .select_related("plan")
-        .order_by("-requested_at", "-id")
-        .first()
-    )
-    return (change or sub).plan
+    change: PlanChange | None = None
+    for entry in history.iterator(chunk_size=20):
+        if entry.kind == PlanChangeKind.SUBSCRIBE:
+            return (change or entry).plan
+        if change is None and entry.requested_at < cycle_start:
+            change = entry
+    raise LookupError(f"office {office.pk} has no subscription at {cycle_start.isoformat()}")
 
 
 def current_draft(office: Office) -> Invoice | None:
