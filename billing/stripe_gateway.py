@@ -116,6 +116,10 @@ def _map_errors(exc: stripe.StripeError) -> GatewayError:
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     if isinstance(exc, stripe.CardError):
         return CardDeclined(message, code=code)
+    if isinstance(exc, stripe.APIConnectionError) and not getattr(exc, "should_retry", True):
+        # TLS refused, certificate not verified, interception: retrying cannot help, and an
+        # invoice must not sit "pending" forever behind it. Fail loudly instead.
+        return Permanent(message, code=code)
     if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
         return Transient(message, code=code)
     if isinstance(exc, stripe.APIError) or (getattr(exc, "http_status", None) or 0) >= 500:

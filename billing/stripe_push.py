@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import shared_task
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F
 
 from audit.context import audit_source
 from audit.models import ActorType, Outcome
@@ -133,9 +133,11 @@ def invoice_push(*, invoice_id: int, gateway: Gateway | None = None) -> Invoice:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
     gw = gateway or Gateway()
     office = invoice.office
-    Invoice.objects.filter(pk=invoice.pk).update(push_attempts=invoice.push_attempts + 1)
+    first_attempt = invoice.push_attempts == 0 and invoice.stripe_invoice_id is None
+    # Counted before calling Stripe: an attempt that dies half-way is known to the next one.
+    Invoice.objects.filter(pk=invoice.pk).update(push_attempts=F("push_attempts") + 1)
     try:
-        stripe_id = _push(invoice=invoice, office=office, gateway=gw)
+        stripe_id = _push(invoice=invoice, office=office, gateway=gw, first_attempt=first_attempt)
     except GatewayError as exc:
         Invoice.objects.filter(pk=invoice.pk).update(
             push_state=PushState.PENDING if exc.transient else PushState.FAILED, push_error=str(exc)[:500]
@@ -162,10 +164,14 @@ def invoice_push(*, invoice_id: int, gateway: Gateway | None = None) -> Invoice:
     return invoice
 
 
-def _push(*, invoice: Invoice, office: Office, gateway: Gateway) -> str:
+def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: bool) -> str:
     customer_id = customer_ensure(office=office, gateway=gateway)
     key = f"invoice:{invoice.pk}"
-    stripe_id = invoice.stripe_invoice_id or _find_existing(gateway, customer_id, invoice)
+    stripe_id = invoice.stripe_invoice_id
+    if stripe_id is None and not first_attempt:
+        # An earlier attempt may have created it and died before storing the id, possibly
+        # longer ago than Stripe keeps idempotency keys: look it up before creating one.
+        stripe_id = _find_existing(gateway, customer_id, invoice)
     if stripe_id is None:
         params: dict[str, Any] = {
             "customer": customer_id,
