@@ -37,9 +37,14 @@ from billing.models import (
     LineItem,
     Plan,
     PlanChange,
+    PushState,
+    StripeEvent,
 )
 from billing.runs import billing_run
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
+from billing.stripe_events import invoice_mark_paid_out_of_band
+from billing.stripe_gateway import GatewayError
+from billing.stripe_push import invoice_push
 from config.errors import ApplicationError
 from offices.admin import AuditedReadsMixin, OfficeAdmin, ReadOnlyAdminMixin, ServiceAdminMixin, ServiceModelForm
 from offices.models import Office
@@ -197,9 +202,9 @@ INVOICE_FIELDS = (
 
 @admin.register(Invoice)
 class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    audit_read_action = "invoice"
-
     """Read-only: finalized content is frozen (spec §6) and drafts belong to the engine."""
+
+    audit_read_action = "invoice"
 
     list_display = ("display_number", "office", "kind", "status", "period_start", "period_end", "total", "push_state")
     list_display_links = ("display_number",)
@@ -210,7 +215,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     fields = INVOICE_FIELDS
     readonly_fields = INVOICE_FIELDS
     inlines = (LineItemInline,)
-    actions = ("void_invoices",)
+    actions = ("void_invoices", "mark_paid_out_of_band", "push_to_stripe")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Invoice]:
         return super().get_queryset(request).annotate(_line_count=Count("lines"))
@@ -246,6 +251,43 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                 voided.append(str(invoice))
         if voided:
             self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
+
+    @admin.action(description="Record payment made outside Stripe (cheque, wire)", permissions=("void",))
+    def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        # A changelist action runs outside a transaction, as Stripe calls must (spec §8).
+        done: list[str] = []
+        for invoice in queryset.order_by("pk"):
+            try:
+                invoice_mark_paid_out_of_band(invoice=invoice, actor=request.user, note="recorded in the admin")
+            except (ApplicationError, GatewayError) as exc:
+                self.message_user(request, f"{invoice}: {getattr(exc, 'message', exc)}", messages.WARNING)
+            else:
+                done.append(str(invoice))
+        if done:
+            self.message_user(request, f"Recorded as paid out of band: {', '.join(done)}.", messages.SUCCESS)
+
+    @admin.action(description="Push pending invoices to Stripe now", permissions=("void",))
+    def push_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        pending = queryset.filter(push_state__in=[PushState.PENDING, PushState.FAILED]).order_by("pk")
+        for invoice in pending:
+            try:
+                invoice_push(invoice_id=invoice.pk)
+            except GatewayError as exc:
+                self.message_user(request, f"{invoice}: Stripe refused or is unavailable ({exc}).", messages.WARNING)
+            else:
+                self.message_user(request, f"{invoice}: pushed.", messages.SUCCESS)
+        if not pending:
+            self.message_user(request, "No selected invoice is waiting for a Stripe push.", messages.INFO)
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Verified webhook events, once per event id (no bodies, no secrets)."""
+
+    list_display = ("event_id", "type", "status", "office", "deliveries", "attempts", "mirrored", "stripe_created")
+    list_filter = ("status", "type", "mirrored")
+    search_fields = ("event_id", "object_id")
+    date_hierarchy = "stripe_created"
 
 
 @admin.register(LineItem)

@@ -22,6 +22,24 @@ def register_push_handler(handler: PushHandler | None) -> None:
     _handler = handler
 
 
+_void_handler: PushHandler | None = None
+
+
+def register_void_handler(handler: PushHandler | None) -> None:
+    global _void_handler
+    _void_handler = handler
+
+
+def request_void_sync(invoice_id: int) -> None:
+    """After commit, carry a local void to Stripe (no-op until the gateway is installed)."""
+
+    def _after_commit() -> None:
+        if _void_handler is not None:
+            _void_handler(invoice_id)
+
+    transaction.on_commit(_after_commit, robust=True)
+
+
 def request_push(invoice_id: int) -> None:
     """Ask for the Stripe push of a finalized invoice once the current transaction commits.
 

@@ -39,6 +39,7 @@ from billing.models import (
     PlanChangeKind,
 )
 from billing.phi_guard import audited_refusals, phi_check
+from billing.push import request_void_sync
 from config.errors import ApplicationError, ConflictError, NotFoundError
 from offices.models import Office, SubscriptionStatus
 from patients.models import ActivationInterval, Patient
@@ -487,6 +488,7 @@ def _invoice_void(*, invoice: Invoice, actor: Any, reason: str) -> Invoice:
     invoice.status = InvoiceStatus.VOID
     invoice.voided_at = timezone.now()
     invoice.save(update_fields=["status", "voided_at", "updated_at"])
+    request_void_sync(invoice.pk)  # Stripe must not collect it (after commit)
     audit_record(
         action="invoice.voided",
         actor=actor,

@@ -111,6 +111,19 @@ def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe
     )
 
 
+def configure_module_client() -> None:
+    """stripe-python's module-level client is what dj-stripe uses: give it our pinned API
+    version, the TLS floor and our retries too."""
+    stripe.api_version = STRIPE_API_VERSION
+    stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
+    stripe.default_http_client = stripe.RequestsClient(
+        timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
+        session=http_session(),
+    )
+    if settings.STRIPE_API_BASE:
+        stripe.api_base = settings.STRIPE_API_BASE
+
+
 def _map_errors(exc: stripe.StripeError) -> GatewayError:
     code = getattr(exc, "code", None)
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
@@ -222,6 +235,14 @@ class Gateway:
             ),
             {},
             key,
+        )
+
+    def invoice_delete_draft(self, *, stripe_invoice_id: str) -> Any:
+        """A draft cannot be voided in Stripe; it is deleted (it was never sent or charged)."""
+        return self._call(
+            lambda params, options: self._client.v1.invoices.delete(stripe_invoice_id, params=params, options=options),
+            {},
+            None,
         )
 
     def invoice_retrieve(self, *, stripe_invoice_id: str) -> Any:

@@ -129,6 +129,8 @@ def invoice_push(*, invoice_id: int, gateway: Gateway | None = None) -> Invoice:
     invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
     if invoice.push_state not in (PushState.PENDING, PushState.FAILED):
         return invoice
+    if invoice.status == InvoiceStatus.VOID:
+        return invoice  # voided before it reached Stripe: invoice_void_sync settles it
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
     gw = gateway or Gateway()
@@ -244,3 +246,46 @@ def customer_sync(*, office_id: int, gateway: Gateway | None = None) -> None:
 def customer_sync_task(self: Any, office_id: int) -> None:
     with audit_source(task_id=str(self.request.id or "")):
         customer_sync(office_id=office_id)
+
+
+def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> None:
+    """Carry a local void to Stripe, so that Stripe never collects a voided invoice."""
+    invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
+    if invoice.status != InvoiceStatus.VOID:
+        return
+    gw = gateway or Gateway()
+    office = invoice.office
+    stripe_id = invoice.stripe_invoice_id
+    if stripe_id is None and invoice.push_attempts and office.payment_provider_customer_id:
+        stripe_id = _find_existing(gw, office.payment_provider_customer_id, invoice)
+    if stripe_id is None:
+        Invoice.objects.filter(pk=invoice.pk, push_state__in=[PushState.PENDING, PushState.FAILED]).update(
+            push_state=PushState.NOT_REQUIRED
+        )
+        return
+    remote = gw.invoice_retrieve(stripe_invoice_id=stripe_id)
+    status = remote["status"]
+    if status == "draft":
+        gw.invoice_delete_draft(stripe_invoice_id=stripe_id)
+    elif status in ("open", "uncollectible"):
+        gw.invoice_void(stripe_invoice_id=stripe_id, key=f"invoice:{invoice.pk}:void")
+    elif status == "paid":
+        audit_record(
+            action="reconciliation.mismatch",
+            target=invoice,
+            office_id=office.pk,
+            outcome=Outcome.FAILURE,
+            reason="status",
+            data={"local": "void", "stripe": "paid", "stripe_id": stripe_id},
+        )
+        return
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
+    audit_record(action="invoice.voided_in_stripe", target=invoice, office_id=office.pk, data={"stripe_id": stripe_id})
+
+
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=5, retry_backoff_max=600, max_retries=8
+)
+def invoice_void_sync_task(self: Any, invoice_id: int) -> None:
+    with audit_source(task_id=str(self.request.id or "")):
+        invoice_void_sync(invoice_id=invoice_id)

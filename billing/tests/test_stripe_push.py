@@ -143,3 +143,23 @@ def test_it_syncs_a_changed_name_and_billing_email_to_the_customer(gateway, stri
     remote = Gateway(client(api_base=stripe_url))._client.v1.customers.retrieve(customer_id)
     assert remote["name"] == "New Name Clinic" and remote["email"] == "ap@newname.example"
     assert dict(remote["metadata"].to_dict()) == {"office_id": str(office.pk)}
+
+
+def test_it_carries_a_local_void_to_stripe_so_stripe_never_collects_it(gateway):
+    from billing.services import invoice_void
+    from billing.stripe_push import invoice_void_sync
+
+    office = billed_office(patients=3)
+    pushed_cycle = Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
+    invoice_push(invoice_id=pushed_cycle.pk, gateway=gateway)
+    invoice_void(invoice=pushed_cycle, reason="duplicate")
+    invoice_void_sync(invoice_id=pushed_cycle.pk, gateway=gateway)
+    stripe_id = Invoice.objects.get(pk=pushed_cycle.pk).stripe_invoice_id
+    assert gateway.invoice_retrieve(stripe_invoice_id=stripe_id)["status"] == "void"
+
+    never_pushed = Invoice.objects.get(office=office, is_setup_fee=True)
+    invoice_void(invoice=never_pushed)
+    assert invoice_push(invoice_id=never_pushed.pk, gateway=gateway).stripe_invoice_id is None
+    invoice_void_sync(invoice_id=never_pushed.pk, gateway=gateway)
+    assert Invoice.objects.get(pk=never_pushed.pk).push_state == PushState.NOT_REQUIRED
+    assert len(stripe_invoices_of(gateway, office)) == 1  # only the voided cycle invoice
