@@ -26,6 +26,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -193,6 +195,22 @@ def run_step(name: str, argv: Sequence[str], env: dict[str, str], stop: Stop) ->
     return step.proc.returncode
 
 
+def register_webhook(stripe_port: int, web_port: int, env: dict[str, str]) -> None:
+    """Point localstripe's webhooks at our endpoint, signed with the development secret
+    (localstripe keeps webhook registrations in memory only, so on every start)."""
+    secret = env.get("STRIPE_WEBHOOK_SECRET") or ""
+    if not secret:
+        say("STRIPE_WEBHOOK_SECRET is empty: localstripe will send no webhooks")
+        return
+    body = urllib.parse.urlencode({"url": f"http://{HOST}:{web_port}/stripe/webhook/", "secret": secret}).encode()
+    request = urllib.request.Request(f"http://{HOST}:{stripe_port}/_config/webhooks/dev", data=body, method="POST")
+    request.add_header("Authorization", f"Bearer {env.get('STRIPE_SECRET_KEY', '')}")
+    try:
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - our own loopback server
+    except OSError as exc:
+        say(f"could not register the webhook with localstripe: {exc}")
+
+
 def wait_for_port(child: Child, port: int, stop: Stop) -> bool:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -275,6 +293,7 @@ def main() -> int:
         children.append(localstripe)
         if not wait_for_port(localstripe, stripe_port, stop):
             return _finish(children, stop, failed="localstripe")
+        register_webhook(stripe_port, web_port, env)
         celery_argv = [str(BIN / "celery"), "-A", "config", "worker", "-B", "--pool=solo", "--loglevel=INFO"]
         children.append(Child("celery", celery_argv, env))
         web = Child("web", [python, "manage.py", "runserver", f"{HOST}:{web_port}"], env)
