@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rest_framework import serializers
@@ -84,4 +84,7 @@ def _when(value: str, name: str) -> datetime:
         raise ApplicationError(f"'{name}' must be an ISO 8601 date-time.", {"field": name}) from None
     if parsed.tzinfo is None:
         raise ApplicationError(f"'{name}' needs a UTC offset.", {"field": name})
-    return parsed
+    try:
+        return parsed.astimezone(UTC)  # offsets PostgreSQL cannot take (beyond ±15:59) included
+    except (OverflowError, ValueError):
+        raise ApplicationError(f"'{name}' is out of range.", {"field": name}) from None

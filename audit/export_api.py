@@ -45,6 +45,7 @@ class _FormatNamesTheFile(DefaultContentNegotiation):
 
 
 class AuditEventsExportView(AuditEventsView):
+    pagination_class = None  # type: ignore[assignment]  # a stream of every matching row, not a page
     content_negotiation_class = _FormatNamesTheFile
 
     @extend_schema(

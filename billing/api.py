@@ -25,6 +25,10 @@ from config.errors import ApplicationError, PermissionDeniedError
 from offices.models import Role
 from offices.selectors import Access, holds_role_anywhere, is_operator, office_access, require
 
+# One trillion cents: far above any real price, far below what a 64-bit column holds
+# (bigger numbers are a 400 here, not a database overflow).
+MAX_CENTS = 10**12
+
 # --- Plans -----------------------------------------------------------------------------
 
 
@@ -49,10 +53,10 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
     code = serializers.SlugField(max_length=64)
     name = serializers.CharField(max_length=200)
     currency = serializers.CharField(max_length=3, default="usd")
-    per_patient_cents = serializers.IntegerField(min_value=0)
-    minimum_cents = serializers.IntegerField(min_value=0, default=0)
-    setup_fee_cents = serializers.IntegerField(min_value=0, default=0)
-    trial_days = serializers.IntegerField(min_value=0, default=0)
+    per_patient_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS)
+    minimum_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS, default=0)
+    setup_fee_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS, default=0)
+    trial_days = serializers.IntegerField(min_value=0, max_value=365, default=0)
 
 
 class PlansView(NoStoreMixin, ListAPIView[Plan]):
@@ -258,8 +262,8 @@ class PaymentStatusView(NoStoreMixin, APIView):
 
 class OneOffLineSerializer(serializers.Serializer[Any]):
     description = serializers.CharField(max_length=500)
-    amount_cents = serializers.IntegerField()
-    quantity = serializers.IntegerField(required=False, default=1)
+    amount_cents = serializers.IntegerField(max_value=MAX_CENTS)
+    quantity = serializers.IntegerField(required=False, default=1, max_value=1_000_000)
 
 
 class OneOffSerializer(serializers.Serializer[Any]):

@@ -56,7 +56,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None
+        # Unexpected: logged with its traceback; the client gets the same JSON shape and the
+        # request id to quote, never a stack trace or an HTML page.
+        logger.exception("unhandled API error", exc_info=exc)
+        request = context.get("request")
+        request_id = getattr(request, "META", {}).get("HTTP_X_REQUEST_ID", "") if request else ""
+        from audit.context import current_source
+
+        return Response(
+            {
+                "message": "Internal error; it has been logged.",
+                "extra": {"request_id": current_source().request_id or request_id},
+            },
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
     if isinstance(exc, exceptions.ValidationError):
         response.data = {"message": _first_message(exc.detail), "extra": {"fields": exc.detail}}
     else:

@@ -22,7 +22,9 @@ User = get_user_model()
 
 
 class OfficeSerializer(serializers.ModelSerializer[Office]):
-    company: serializers.PrimaryKeyRelatedField[Company] = serializers.PrimaryKeyRelatedField(read_only=True)
+    company: serializers.PrimaryKeyRelatedField[Company] = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Office
@@ -35,7 +37,7 @@ class OfficeCreateSerializer(serializers.Serializer[Any]):
     billing_email = serializers.EmailField()
     company = serializers.PrimaryKeyRelatedField(queryset=Company.objects.all(), required=False, allow_null=True)
     collection_method = serializers.ChoiceField(choices=CollectionMethod.choices, required=False)
-    days_until_due = serializers.IntegerField(min_value=1, required=False)
+    days_until_due = serializers.IntegerField(min_value=1, max_value=365, required=False)
 
 
 class OfficesView(ListAPIView[Office]):

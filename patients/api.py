@@ -58,12 +58,28 @@ class PatientRefSerializer(serializers.ModelSerializer[Patient]):
         fields = ["id", "billing_ref", "is_active"]
 
 
+class PatientListItemSerializer(serializers.Serializer[Any]):
+    """What the list documents: office staff get every field, operators only the first
+    three (minimum necessary), so the clinical fields are optional here."""
+
+    id = serializers.IntegerField()
+    billing_ref = serializers.CharField()
+    is_active = serializers.BooleanField()
+    first_name = serializers.CharField(required=False)
+    last_name = serializers.CharField(required=False)
+    date_of_birth = serializers.DateField(required=False)
+    mrn = serializers.CharField(required=False)
+    email = serializers.CharField(required=False)  # "" when none was given
+    phone = serializers.CharField(required=False)
+    created_at = serializers.DateTimeField(required=False)
+
+
 class OfficePatientsView(NoStoreMixin, ListAPIView[Patient]):
     pagination_class = Pagination
 
     def get_serializer_class(self) -> Any:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request, no office
-            return PatientSerializer
+            return PatientListItemSerializer
         access = self._access()
         return PatientSerializer if access.staff else PatientRefSerializer
 

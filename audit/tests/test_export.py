@@ -173,7 +173,7 @@ def test_it_exports_a_json_array_of_the_models_fields(world: World) -> None:
     events = json.loads(_body(response))
     assert [e["id"] for e in events] == _ids(AuditEvent.objects.exclude(action="audit.exported"))
     assert all(list(e) == COLUMNS for e in events)
-    last = events[-1]
+    last = [e for e in events if not e["action"].startswith("auth.")][-1]  # logins are audited too
     assert last["data"] == {"line_count": 4, "total_cents": 1800}  # an object, not a string
     assert last["ts"] == "2026-06-01T17:00:00.000000+00:00"
     assert last["office_id"] is None

@@ -187,7 +187,8 @@ LIST_ENDPOINTS = [
     ("operator", "offices/{office}/patients/"),
     ("admin", "offices/{office}/invoices/"),
     ("operator", "offices/{office}/invoices/"),
-    ("auditor", "audit-events/"),
+    # Scoped to the office: every request logs in again, and logins are audited (office-less).
+    ("auditor", "audit-events/?office={office}"),
     ("admin", "audit-events/"),
 ]
 
