@@ -23,7 +23,9 @@ from django.conf import settings
 from django.db import connection
 from requests.adapters import HTTPAdapter
 
-from billing.phi_guard import phi_check
+from audit.models import Outcome
+from audit.services import audit_record
+from billing.phi_guard import PhiRefused, phi_check
 from offices.models import Office
 
 if TYPE_CHECKING:
@@ -154,7 +156,19 @@ class Gateway:
         self._client = stripe_client or client()
 
     def _guard(self, office: Office, payload: dict[str, Any]) -> None:
-        phi_check(office=office, fields=payload)
+        """Nothing leaves with PHI in it: a refusal is audited (we run outside transactions,
+        so the entry stands on its own) and raised before any request is made."""
+        try:
+            phi_check(office=office, fields=payload)
+        except PhiRefused as exc:
+            audit_record(
+                action="phi_guard.refused",
+                office_id=office.pk,
+                outcome=Outcome.DENIED,
+                reason=f"{exc.kind} in {exc.field_name}",
+                data={"context": "stripe_payload", "field": exc.field_name, "kind": exc.kind},
+            )
+            raise
 
     def _call(self, fn: Any, params: Any, key: str | None) -> Any:
         _outside_transaction()

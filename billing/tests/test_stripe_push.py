@@ -163,3 +163,22 @@ def test_it_carries_a_local_void_to_stripe_so_stripe_never_collects_it(gateway):
     invoice_void_sync(invoice_id=never_pushed.pk, gateway=gateway)
     assert Invoice.objects.get(pk=never_pushed.pk).push_state == PushState.NOT_REQUIRED
     assert len(stripe_invoices_of(gateway, office)) == 1  # only the voided cycle invoice
+
+
+def test_it_refuses_and_audits_a_payload_carrying_phi_before_any_request(settings):
+    from audit.models import AuditEvent
+    from billing.phi_guard import PhiRefused
+
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # a request would fail differently
+    office = OfficeFactory(timezone="America/Chicago")
+    PatientFactory(office=office, first_name="Zebulon", last_name="Quuxworth", mrn="MRN-PHI-77")
+    gw = Gateway()
+    with pytest.raises(PhiRefused):
+        gw.invoice_item_create(
+            office=office,
+            params={"customer": "cus_x", "invoice": "in_x", "description": "Follow-up for Quuxworth"},
+            key="k",
+        )
+    refusal = AuditEvent.objects.get(action="phi_guard.refused")
+    assert refusal.outcome == "denied" and refusal.office_id == office.pk
+    assert "Quuxworth" not in str(refusal.data) and "Quuxworth" not in refusal.reason

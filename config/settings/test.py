@@ -1,10 +1,12 @@
 """Test settings: the suite runs on SQLite by default, on PostgreSQL when DATABASE_URL says so."""
 
 from config.settings.base import *  # noqa: F403
+from config.settings.base import env
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing, tests only
 CELERY_TASK_ALWAYS_EAGER = False
 STRIPE_PUSH_ENABLED = False  # tests that push start their own localstripe and enable it
 # Tests never reach the real Stripe by accident: a closed local port answers at once.
 # Tests that talk to Stripe start their own localstripe and pass its URL.
-STRIPE_API_BASE = "http://127.0.0.1:9"
+# (.ci/run's contract step exports the URL of the localstripe it starts.)
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="") or "http://127.0.0.1:9"
