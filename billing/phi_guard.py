@@ -205,6 +205,8 @@ def audited_refusals(*, office_id: int, actor: Any, context: str) -> Iterator[No
         audit_record(
             action="phi_guard.refused",
             actor=actor,
+            target_type="offices.Office",
+            target_id=office_id,
             office_id=office_id,
             outcome=Outcome.DENIED,
             reason=f"{exc.kind} in {exc.field_name}",

@@ -163,6 +163,7 @@ class Gateway:
         except PhiRefused as exc:
             audit_record(
                 action="phi_guard.refused",
+                target=office,
                 office_id=office.pk,
                 outcome=Outcome.DENIED,
                 reason=f"{exc.kind} in {exc.field_name}",
