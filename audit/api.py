@@ -8,7 +8,7 @@ from typing import Any
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 
-from audit.models import AuditEvent
+from audit.models import DISPLAY_FIELDS, AuditEvent
 from config.api import Pagination
 from config.errors import ApplicationError, PermissionDeniedError
 
@@ -16,26 +16,7 @@ from config.errors import ApplicationError, PermissionDeniedError
 class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
     class Meta:
         model = AuditEvent
-        fields = [
-            "id",
-            "seq",
-            "ts",
-            "actor_type",
-            "actor_id",
-            "actor_label",
-            "action",
-            "target_type",
-            "target_id",
-            "office_id",
-            "outcome",
-            "reason",
-            "source_ip",
-            "request_id",
-            "task_id",
-            "data",
-            "prev_hash",
-            "entry_hash",
-        ]
+        fields = ["id", *DISPLAY_FIELDS]
 
 
 class AuditEventsView(ListAPIView[AuditEvent]):

@@ -79,3 +79,24 @@ class AuditAnchor(models.Model):
 
     def __str__(self) -> str:
         return f"anchor seq {self.seq} at {self.anchored_at:%Y-%m-%d %H:%M}"
+
+
+# What an auditor sees of an entry, in reading order: the hashed content between the chain
+# position and the hashes. One list for the admin, the API and the hash's canonical form.
+CONTENT_FIELDS: tuple[str, ...] = (
+    "ts",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "office_id",
+    "outcome",
+    "reason",
+    "source_ip",
+    "request_id",
+    "task_id",
+    "data",
+)
+DISPLAY_FIELDS: tuple[str, ...] = ("seq", *CONTENT_FIELDS, "prev_hash", "entry_hash")

@@ -20,27 +20,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.context import current_source
-from audit.models import ActorType, AuditAnchor, AuditChainHead, AuditEvent, Outcome
+from audit.models import CONTENT_FIELDS, ActorType, AuditAnchor, AuditChainHead, AuditEvent, Outcome
 
 logger = logging.getLogger("audit")
 
 GENESIS_HASH = "0" * 64
-HASHED_FIELDS = (
-    "ts",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "action",
-    "target_type",
-    "target_id",
-    "office_id",
-    "outcome",
-    "reason",
-    "source_ip",
-    "request_id",
-    "task_id",
-    "data",
-)
+HASHED_FIELDS = CONTENT_FIELDS
 
 
 def _actor_fields(actor: Any, actor_type: str | None) -> tuple[str, str, str]:
