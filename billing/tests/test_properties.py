@@ -11,6 +11,7 @@ every step the office's invoices must be what `reference_model.expected_billing`
 from __future__ import annotations
 
 import calendar
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -85,7 +86,7 @@ LATE = (
     timedelta(days=9),
 )
 PROPERTY_SETTINGS = settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("BILLING_PROPERTY_EXAMPLES", "30")),  # raise it to search harder
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
