@@ -5,27 +5,14 @@ delete, so the console cannot even try. `audit` imports no other app."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from audit.models import DISPLAY_FIELDS, AuditAnchor, AuditChainHead, AuditEvent
-
-
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from config.admin_mixins import ReadOnlyAdminMixin
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(_ReadOnly, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("seq", "ts", "actor", "action", "target", "office_id", "outcome")
     list_display_links = ("seq", "ts")
     list_filter = ("action", "actor_type", "outcome")
@@ -47,14 +34,14 @@ class AuditEventAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(AuditChainHead)
-class AuditChainHeadAdmin(_ReadOnly, admin.ModelAdmin):
+class AuditChainHeadAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "seq", "entry_hash", "updated_at")
     search_fields = ("entry_hash",)
     list_filter = ("updated_at",)
 
 
 @admin.register(AuditAnchor)
-class AuditAnchorAdmin(_ReadOnly, admin.ModelAdmin):
+class AuditAnchorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("seq", "entry_hash", "anchored_at")
     search_fields = ("entry_hash", "seq")
     list_filter = ("anchored_at",)

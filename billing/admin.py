@@ -40,33 +40,20 @@ from billing.models import (
     PushState,
     StripeEvent,
 )
+from billing.money import format_cents
 from billing.runs import billing_run
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
 from billing.stripe_events import invoice_mark_paid_out_of_band
 from billing.stripe_gateway import GatewayError
 from billing.stripe_push import invoice_push
+from config.admin_mixins import ReadOnlyAdminMixin
 from config.errors import ApplicationError
-from offices.admin import AuditedReadsMixin, OfficeAdmin, ReadOnlyAdminMixin, ServiceAdminMixin, ServiceModelForm
+from offices.admin import AuditedReadsMixin, OfficeAdmin, ServiceAdminMixin, ServiceModelForm
 from offices.models import Office
 
 # --- Money, formatted at the edge ------------------------------------------------------
 
 # Currencies whose minor unit is the unit itself (Stripe's zero-decimal list).
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
-)
-CURRENCY_SYMBOLS = {"usd": "$", "cad": "$", "aud": "$", "nzd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
-
-
-def format_cents(cents: int | None, currency: str) -> str:
-    """Integer minor units → "$150.00 USD" (no float on the way)."""
-    if cents is None:
-        return "—"
-    code = (currency or "").lower()
-    sign = "-" if cents < 0 else ""
-    units = abs(int(cents))
-    number = f"{units:,}" if code in ZERO_DECIMAL_CURRENCIES else f"{units // 100:,}.{units % 100:02d}"
-    return f"{sign}{CURRENCY_SYMBOLS.get(code, '')}{number} {code.upper()}".strip()
 
 
 # --- Plans -----------------------------------------------------------------------------

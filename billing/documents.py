@@ -6,12 +6,12 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from billing.models import Invoice
+from billing.money import format_cents
 
 
 def money(cents: int, currency: str) -> str:
-    sign = "-" if cents < 0 else ""
-    cents = abs(cents)
-    return f"{sign}{cents // 100:,}.{cents % 100:02d} {currency.upper()}"
+    """How the invoice document writes an amount: "1,234.50 USD"."""
+    return format_cents(cents, currency, symbol=False)
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:

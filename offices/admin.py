@@ -96,19 +96,6 @@ class ServiceAdminMixin:
         """Related rows are written by the services, never by the admin's formsets."""
 
 
-class ReadOnlyAdminMixin:
-    """No add, change or delete: a view-only page for every row (history, ledgers, logs)."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 class AuditedReadsMixin:
     """Operators' reads of billing data and patient records are audited (spec §9): one
     entry per list page and per object page viewed, never with the page's content."""

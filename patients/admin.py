@@ -13,7 +13,8 @@ from django.contrib import admin
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 
-from offices.admin import AuditedReadsMixin, ReadOnlyAdminMixin
+from config.admin_mixins import ReadOnlyAdminMixin
+from offices.admin import AuditedReadsMixin
 from patients.models import ActivationInterval, Patient
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from billing.engine import AdvanceStats
 from billing.models import Invoice, InvoiceStatus
+from billing.money import format_cents
 from billing.runs import billing_run
 from config.errors import ApplicationError
 
@@ -99,14 +100,15 @@ class Command(BaseCommand):
             out.write(header)
             out.write("-" * len(header))
             for row in finalized:
+                total = format_cents(row.total_cents, row.currency, symbol=False)
                 out.write(
                     f"{row.office[:28]:<28} {(row.number or '(would number)')[:18]:<18} {row.kind:<8} "
-                    f"{row.period:<25} {row.lines:>5} {_money(row.total_cents, row.currency):>14} {row.status:<6}"
+                    f"{row.period:<25} {row.lines:>5} {total:>14} {row.status:<6}"
                 )
         totals: dict[str, int] = {}
         for row in finalized:
             totals[row.currency] = totals.get(row.currency, 0) + row.total_cents
-        total_text = ", ".join(_money(cents, cur) for cur, cents in sorted(totals.items())) or "0"
+        total_text = ", ".join(format_cents(cents, cur, symbol=False) for cur, cents in sorted(totals.items())) or "0"
         out.write(
             f"offices due {run.offices_due}, done {run.offices_done}, errors {run.error_count}; "
             f"invoices finalized {run.invoices_finalized}, opened {run.invoices_opened}; "
@@ -129,9 +131,3 @@ class _Row:
     total_cents: int
     currency: str
     status: str
-
-
-def _money(cents: int, currency: str) -> str:
-    sign = "-" if cents < 0 else ""
-    cents = abs(cents)
-    return f"{sign}{cents // 100:,}.{cents % 100:02d} {currency.upper()}"
