@@ -123,7 +123,7 @@ def setup_django(target: Target) -> None:
     if settings.DEBUG:
         print("warning: DEBUG is on, Django keeps every query in memory: RSS figures are not meaningful")
     # Finalizations ask for a Stripe push after commit; the seam only logs at INFO for now.
-    logging.getLogger("billing.push").setLevel(logging.WARNING)
+    logging.getLogger("billing.seam").setLevel(logging.WARNING)
 
 
 def migrate() -> float:
@@ -197,7 +197,7 @@ def build_dataset(offices: int, patients: int) -> Dataset:
     patient). Not written: their audit events, which the billing run does not read."""
     from django.db import connection, transaction
 
-    from billing.cycles import local_date, next_boundary_after, zone
+    from billing.engine.cycles import local_date, next_boundary_after, zone
     from billing.models import Plan
     from offices.models import Company
 
@@ -623,8 +623,8 @@ def next_as_of() -> datetime:
 def measure_run(*, as_of: datetime, profile: bool) -> RunResult:
     from django.db import reset_queries
 
-    from billing.engine import AdvanceStats
-    from billing.runs import billing_run
+    from billing.engine.office import AdvanceStats
+    from billing.engine.run import billing_run
 
     meter = Meter()
     per_office: list[float] = []

@@ -4,13 +4,12 @@ Everything the billing engine owns is read-only here: invoices (drafts included)
 lines, plan changes, invoice numbers and billing runs; none of them can be deleted.
 Operator writes go through the services — plans (`plan_create`/`plan_update`), voids
 (`invoice_void`), one-off invoices (`invoice_create_one_off`) and billing runs
-(`billing.runs.billing_run`) — so the same rules, PHI guard and audit entries apply as
+(`billing.engine.run.billing_run`) — so the same rules, PHI guard and audit entries apply as
 through the API, and a refusal comes back as a message or a form error, not a 500."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -18,22 +17,20 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.validators import MinValueValidator
-from django.db import models, transaction
-from django.db.models import Count, Max, QuerySet
+from django.db import models
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from audit.services import audit_record
-from billing.engine import AdvanceStats
+from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
     BillingRun,
     BillingRunError,
     Invoice,
-    InvoiceKind,
     InvoiceNumberSequence,
-    InvoiceStatus,
     LineItem,
     Plan,
     PlanChange,
@@ -41,11 +38,10 @@ from billing.models import (
     StripeEvent,
 )
 from billing.money import format_cents
-from billing.runs import billing_run
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
-from billing.stripe_events import invoice_mark_paid_out_of_band
-from billing.stripe_gateway import GatewayError
-from billing.stripe_push import invoice_push
+from billing.stripe.events import invoice_mark_paid_out_of_band
+from billing.stripe.gateway import GatewayError
+from billing.stripe.push import invoice_push
 from config.admin_mixins import ReadOnlyAdminMixin
 from config.errors import ApplicationError
 from offices.admin import AuditedReadsMixin, OfficeAdmin, ServiceAdminMixin, ServiceModelForm
@@ -360,67 +356,43 @@ class BillingRunErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # --- Billing actions on offices --------------------------------------------------------
 
 
-class _PreviewRollback(Exception):
-    """Raised to roll the preview's transaction back once its figures are read."""
-
-
-def _invoice_rows(queryset: QuerySet[Invoice]) -> list[dict[str, Any]]:
+def _invoice_rows(rows: list[InvoiceSummary]) -> list[dict[str, Any]]:
     return [
         {
-            "office": invoice.office.name,
-            "kind": invoice.get_kind_display(),
-            "status": invoice.status,
-            "period_start": invoice.period_start,
-            "period_end": invoice.period_end,
-            "lines": invoice._line_count,
-            "total": format_cents(invoice.total_cents, invoice.currency),
+            "office": row.office,
+            "kind": row.kind_label,
+            "status": row.status,
+            "period_start": row.period_start,
+            "period_end": row.period_end,
+            "lines": row.lines,
+            "total": format_cents(row.total_cents, row.currency),
         }
-        for invoice in queryset.select_related("office")
-        .annotate(_line_count=Count("lines"))
-        .order_by("office__name", "pk")
+        for row in sorted(rows, key=lambda r: (r.office, r.invoice_id))
     ]
 
 
 def billing_preview(*, office_ids: list[int]) -> dict[str, Any]:
-    """What a billing run for these offices would do now, with nothing kept: the run goes
-    through the real engine inside one transaction that is then rolled back (numbers,
-    audit entries and Stripe push requests included — on_commit work is dropped)."""
-    per_office: dict[int, dict[str, int]] = {}
-
-    def progress(office_id: int, stats: AdvanceStats) -> None:
-        per_office[office_id] = asdict(stats)
-
-    result: dict[str, Any] = {}
-    try:
-        with transaction.atomic():
-            last_invoice_id = Invoice.objects.aggregate(last=Max("pk"))["last"] or 0
-            drafts = list(
-                Invoice.objects.filter(
-                    office_id__in=office_ids, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT
-                ).values_list("pk", flat=True)
-            )
-            run = billing_run(office_ids=office_ids, trigger="admin_preview", progress=progress)
-            names = dict(Office.objects.filter(pk__in=office_ids).values_list("pk", "name"))
-            result = {
-                "as_of": run.as_of,
-                "figures": {name: getattr(run, name) for name in RUN_FIGURES},
-                "per_office": [
-                    {"name": names.get(office_id, office_id), **stats} for office_id, stats in per_office.items()
-                ],
-                "finalized": _invoice_rows(
-                    Invoice.objects.filter(models.Q(pk__in=drafts) | models.Q(pk__gt=last_invoice_id)).exclude(
-                        status=InvoiceStatus.DRAFT
-                    )
-                ),
-                "opened": _invoice_rows(Invoice.objects.filter(pk__gt=last_invoice_id, status=InvoiceStatus.DRAFT)),
-                "errors": [
-                    {"office": names.get(e.office_id, e.office_id), "message": e.message} for e in run.errors.all()
-                ],
+    """The admin's "Preview billing" action: the engine's dry run (`billing_run_preview`,
+    the same one `run_billing_cycle --dry-run` uses), laid out for the template."""
+    report = billing_run_preview(office_ids=office_ids, trigger="admin_preview")
+    run = report.run
+    return {
+        "as_of": run.as_of,
+        "figures": {name: getattr(run, name) for name in RUN_FIGURES},
+        "per_office": [
+            {
+                "name": report.office_names.get(office_id, office_id),
+                "finalized": stats.finalized,
+                "opened": stats.opened,
+                "lines": stats.lines,
+                "amount_finalized_cents": stats.amount_finalized_cents,
             }
-            raise _PreviewRollback
-    except _PreviewRollback:
-        pass
-    return result
+            for office_id, stats in report.per_office.items()
+        ],
+        "finalized": _invoice_rows(report.finalized),
+        "opened": _invoice_rows(report.opened),
+        "errors": [{"office": office, "message": message} for office, message in report.errors],
+    }
 
 
 class OneOffLineForm(forms.Form):

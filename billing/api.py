@@ -16,10 +16,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.services import audit_record
-from billing import services, stripe_sessions
+from billing import services
 from billing.documents import invoice_pdf
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LineItem, Plan
 from billing.selectors import invoices_for_office, payment_status
+from billing.stripe import sessions as stripe_sessions
 from config.api import NoStoreMixin, Pagination
 from config.errors import ApplicationError, PermissionDeniedError
 from offices.models import Role
@@ -52,7 +53,7 @@ class PlanSerializer(serializers.ModelSerializer[Plan]):
 class PlanCreateSerializer(serializers.Serializer[Any]):
     code = serializers.SlugField(max_length=64)
     name = serializers.CharField(max_length=200)
-    currency = serializers.CharField(max_length=3, default="usd")
+    currency = serializers.CharField(max_length=3, default=lambda: settings.BILLING_DEFAULT_CURRENCY)
     per_patient_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS)
     minimum_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS, default=0)
     setup_fee_cents = serializers.IntegerField(min_value=0, max_value=MAX_CENTS, default=0)

@@ -1,7 +1,7 @@
 """Dunning: past due, grace period, suspension and recovery (spec §8).
 
 - A `charge_automatically` invoice is due at finalization and becomes past due when a
-  payment attempt fails (a Stripe webhook: billing.stripe_events).
+  payment attempt fails (a Stripe webhook: billing.stripe.events).
 - A `send_invoice` invoice is due `days_until_due` days after finalization and becomes
   past due when that moment passes unpaid (`invoices_mark_past_due`, hourly). Its
   `past_due_at` is its `due_at`: the moment it became past due, not the moment we noticed.
@@ -26,7 +26,7 @@ from django.db.models import F, Min, Q, Sum
 from django.utils import timezone
 
 from audit.services import audit_record
-from billing.engine import lock_office
+from billing.engine.office import lock_office
 from billing.models import Invoice, InvoiceStatus
 from offices.models import Office, SubscriptionStatus
 

@@ -1,4 +1,6 @@
-"""The seam between finalization and the Stripe push.
+"""The one seam between billing and Stripe: the engine and the services ask for work
+here, and billing/stripe/wiring.py registers what answers it, so nothing outside
+billing/stripe imports the Stripe code.
 
 Finalization leaves a non-zero invoice `open` with `push_state = pending`, then asks for
 a push after commit. Until the Stripe gateway is installed (`register_push_handler`),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db.models import Max, Q, QuerySet, Sum
 
 from billing.models import Invoice, InvoiceStatus
@@ -42,5 +43,10 @@ def payment_status(*, office: Office) -> PaymentStatus:
         outstanding_cents=agg["outstanding"] or 0,
         past_due_cents=agg["past_due"] or 0,
         last_payment_at=agg["last_paid"],
-        currency=office.current_plan.currency if office.current_plan else "usd",
+        currency=office_currency(office),
     )
+
+
+def office_currency(office: Office) -> str:
+    """The currency an office is billed in: its plan's, else BILLING_DEFAULT_CURRENCY."""
+    return office.current_plan.currency if office.current_plan else settings.BILLING_DEFAULT_CURRENCY

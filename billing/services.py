@@ -3,30 +3,24 @@
 Every service that changes an office's billing takes the office lock first, catches the
 office up to "now" (so that a missed run never leaves a change in the wrong cycle), and
 records an audit entry. Stripe is never called from here: finalization asks for a push
-after commit (billing.push)."""
+after commit (billing.seam)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
-from billing.cycles import local_date, trial_end, zone
-from billing.engine import (
-    ONE_MICROSECOND,
-    AdvanceStats,
-    advance_all,
-    current_draft,
-    finalize_cycle,
-    finalize_invoice,
-    is_active_at,
-    lock_office,
-    open_cycle,
-)
+from billing.engine.advance import advance_all, open_cycle
+from billing.engine.cycles import local_date, trial_end, zone
+from billing.engine.finalize import finalize_cycle, finalize_invoice
+from billing.engine.labels import patient_line_label
+from billing.engine.office import ONE_MICROSECOND, AdvanceStats, current_draft, is_active_at, lock_office
 from billing.models import (
     FROZEN_PLAN_FIELDS,
     Invoice,
@@ -39,7 +33,8 @@ from billing.models import (
     PlanChangeKind,
 )
 from billing.phi_guard import audited_refusals, phi_check
-from billing.push import request_void_sync
+from billing.seam import request_void_sync
+from billing.selectors import office_currency
 from config.errors import ApplicationError, ConflictError, NotFoundError
 from offices.models import Office, SubscriptionStatus
 from patients.models import ActivationInterval, Patient
@@ -68,7 +63,7 @@ def plan_create(
     code: str,
     name: str,
     per_patient_cents: int,
-    currency: str = "usd",
+    currency: str | None = None,
     minimum_cents: int = 0,
     setup_fee_cents: int = 0,
     trial_days: int = 0,
@@ -76,7 +71,7 @@ def plan_create(
     actor: Any = None,
 ) -> Plan:
     fields: dict[str, Any] = {
-        "currency": currency,
+        "currency": currency or settings.BILLING_DEFAULT_CURRENCY,
         "per_patient_cents": per_patient_cents,
         "minimum_cents": minimum_cents,
         "setup_fee_cents": setup_fee_cents,
@@ -343,8 +338,7 @@ def patient_activate(*, patient: Patient, actor: Any = None, office: Office | No
             kind=kind,
             patient=patient,
             patient_ref=patient.billing_ref,
-            description=("Active patient " if kind == LineKind.RECURRING else "Patient activated during the period ")
-            + patient.billing_ref,
+            description=patient_line_label(kind, patient.billing_ref),
             quantity=1,
             unit_amount_cents=unit,
             amount_cents=unit,
@@ -443,7 +437,7 @@ def invoice_create_one_off(*, office: Office, lines: Any, actor: Any = None) -> 
 def _invoice_create_one_off(*, office: Office, lines: list[ManualLine], actor: Any) -> Invoice:
     office = lock_office(office.pk)
     phi_check(office=office, fields={"lines": [{"description": line.description} for line in lines]})
-    currency = office.current_plan.currency if office.current_plan else "usd"
+    currency = office_currency(office)
     invoice = Invoice.objects.create(office=office, kind=InvoiceKind.ONE_OFF, currency=currency)
     LineItem.objects.bulk_create(
         [

@@ -1,8 +1,10 @@
-"""Celery entry points. Tasks take ids, never objects, and are safe to run twice."""
+"""Celery entry points of billing (Celery's autodiscovery imports this module). Tasks take
+ids, never objects, and are safe to run twice. The Stripe tasks live with the rest of the
+Stripe code in billing/stripe/tasks.py and are registered by importing them here."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import asdict
 from typing import Any
 
 from celery import shared_task
@@ -10,15 +12,21 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.context import audit_source
-from billing.models import BillingRun, Invoice, PushState
-from billing.runs import billing_run_finish_if_done, billing_run_process, billing_run_start, offices_due
-from billing.stripe_gateway import Transient
-from billing.stripe_push import invoice_push
+from billing.dunning import dunning_run
+from billing.engine.run import billing_run_finish_if_done, billing_run_process, billing_run_start, offices_due
+from billing.models import BillingRun
+from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks with the worker
+    customer_sync_task,
+    enqueue_pending_pushes,
+    invoice_push_task,
+    invoice_void_sync_task,
+    reconcile_stripe_task,
+)
 
 
-@shared_task(bind=True)
+@shared_task(name="billing.tasks.billing_run_tick", bind=True)
 def billing_run_tick(self: Any) -> int | None:
-    """Hourly (beat): find the due offices and fan out one task per chunk of them."""
+    """Hourly (beat): find the due offices and fan out one task per chunk of them (spec §6)."""
     with audit_source(task_id=str(self.request.id or "")):
         as_of = timezone.now()
         if settings.STRIPE_PUSH_ENABLED:
@@ -36,64 +44,19 @@ def billing_run_tick(self: Any) -> int | None:
         return run.pk
 
 
-@shared_task(bind=True, acks_late=True)
+@shared_task(name="billing.tasks.billing_run_chunk", bind=True, acks_late=True)
 def billing_run_chunk(self: Any, run_id: int, office_ids: list[int]) -> None:
+    """One chunk of a beat run's offices; the last chunk in closes the run (spec §6)."""
     with audit_source(task_id=str(self.request.id or "")):
         run = BillingRun.objects.get(pk=run_id)
         billing_run_process(run=run, office_ids=office_ids)
         billing_run_finish_if_done(run_id)
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    autoretry_for=(Transient,),
-    retry_backoff=5,
-    retry_backoff_max=600,  # stays under Redis' visibility timeout (3600 s)
-    retry_jitter=True,
-    max_retries=8,
-)
-def invoice_push_task(self: Any, invoice_id: int) -> str | None:
-    """Push one finalized invoice to Stripe; retried with backoff on transient failures
-    (the same idempotency keys each time). What is still pending afterwards is picked up
-    by the next hourly run."""
-    with audit_source(task_id=str(self.request.id or "")):
-        invoice = invoice_push(invoice_id=invoice_id)
-        return invoice.stripe_invoice_id
-
-
-def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), limit: int = 5000) -> int:
-    """Re-enqueue pushes that no task finished (a broker outage, retries exhausted)."""
-    cutoff = timezone.now() - older_than
-    ids = list(
-        Invoice.objects.filter(push_state=PushState.PENDING, finalized_at__lt=cutoff)
-        .order_by("finalized_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    for invoice_id in ids:
-        invoice_push_task.delay(invoice_id)
-    return len(ids)
-
-
-@shared_task(bind=True)
+@shared_task(name="billing.tasks.dunning_tick", bind=True)
 def dunning_tick(self: Any) -> dict[str, int]:
     """Hourly (beat): send_invoice invoices past their due date become past due; offices
-    past due longer than the grace period are suspended; paid-up offices are active again."""
-    from dataclasses import asdict
-
-    from billing.dunning import dunning_run
-
+    past due longer than the grace period are suspended; paid-up offices are active again
+    (spec §8)."""
     with audit_source(task_id=str(self.request.id or "")):
         return asdict(dunning_run())
-
-
-@shared_task(bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=60, max_retries=5)
-def reconcile_stripe_task(self: Any) -> int | None:
-    """Daily (beat): compare local invoices with Stripe; report and audit mismatches
-    (never fixes them). Skipped where Stripe is not in use (STRIPE_PUSH_ENABLED off)."""
-    from billing.reconcile import reconcile_stripe
-
-    if not settings.STRIPE_PUSH_ENABLED:
-        return None
-    with audit_source(task_id=str(self.request.id or "")):
-        return len(reconcile_stripe().mismatches)

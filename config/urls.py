@@ -14,7 +14,7 @@ from billing.api import (
     PlansView,
     SubscriptionView,
 )
-from billing.webhooks import stripe_webhook
+from billing.stripe.webhooks import stripe_webhook
 from config.auth_api import LogoutView, TokenView
 from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
 from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView

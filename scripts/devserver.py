@@ -5,7 +5,7 @@ migrates, seeds the demo data (which prints the logins), then starts and supervi
 
 - localstripe on `STRIPE_PORT` (default 8420), without `--from-scratch` and with
   `TMPDIR=var/localstripe/`, so its pickled store survives restarts beside the database
-  (through our launcher billing/localstripe_ext.py: localstripe itself ignores TMPDIR);
+  (through our launcher devtools/localstripe/: localstripe itself ignores TMPDIR);
 - a Celery worker with embedded beat (filesystem broker under `var/celery-broker/` unless
   `CELERY_BROKER_URL` says otherwise; the beat scheduler comes from the settings);
 - Django's runserver on 127.0.0.1:`WEB_PORT` (default 8000), with autoreload.
@@ -45,7 +45,7 @@ START_TIMEOUT = 30.0  # seconds for a server to answer on its port
 
 _print_lock = threading.Lock()
 
-# localstripe runs through our launcher (billing/localstripe_ext.py): it adds what we use
+# localstripe runs through our launcher (devtools/localstripe/): it adds what we use
 # from Stripe's API and keeps its store in $TMPDIR (var/localstripe/ here).
 
 
@@ -288,7 +288,7 @@ def main() -> int:
     children: list[Child] = []
     try:
         stripe_env = {**env, "TMPDIR": str(VAR / "localstripe")}
-        localstripe_argv = [python, "-m", "billing.localstripe_ext", "--port", str(stripe_port)]  # keeps its store
+        localstripe_argv = [python, "-m", "devtools.localstripe", "--port", str(stripe_port)]  # keeps its store
         localstripe = Child("localstripe", localstripe_argv, stripe_env)
         children.append(localstripe)
         if not wait_for_port(localstripe, stripe_port, stop):

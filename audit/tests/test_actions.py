@@ -14,8 +14,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from audit.models import AuditEvent
-from billing.runs import billing_run
-from billing.tests.factories import OfficeFactory, at, professional_plan
+from billing.engine.run import billing_run
+from billing.tests.support.factories import OfficeFactory, at, professional_plan
 from offices.models import Role
 from offices.services import office_member_grant
 

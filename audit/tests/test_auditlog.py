@@ -21,7 +21,7 @@ from guardian.shortcuts import assign_perm
 from audit.auditlog_registry import INVOICE_STATUS_FIELDS, PATIENT_PHI_FIELDS
 from billing.models import Invoice, InvoiceStatus, Plan
 from billing.services import invoice_create_one_off, invoice_void
-from billing.tests.factories import OfficeFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, at, professional_plan
 from offices.models import Company, Office, Role
 from patients.models import Patient
 from patients.services import patient_create

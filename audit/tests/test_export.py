@@ -21,7 +21,7 @@ from django.test import Client
 from audit.export import EXPORT_FIELDS, stream_csv, stream_json, stream_jsonl
 from audit.models import AuditEvent, Outcome
 from audit.services import audit_record, audit_seal
-from billing.tests.factories import OfficeFactory, at
+from billing.tests.support.factories import OfficeFactory, at
 from offices.models import Office, Role
 from offices.services import office_member_grant
 

@@ -26,7 +26,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import AuditAnchor, AuditChainHead, AuditEvent, Outcome
 from audit.services import GENESIS_HASH, audit_anchor, audit_record, audit_seal, compute_entry_hash
 from audit.verify import BreakKind, VerifyReport, verify_chain
-from billing.tests.factories import at
+from billing.tests.support.factories import at
 
 pytestmark = pytest.mark.django_db
 

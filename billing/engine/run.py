@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import audit_record, deferred_sealing
-from billing.engine import AdvanceStats, advance_one, lock_office
+from billing.engine.advance import advance_one
+from billing.engine.office import AdvanceStats, lock_office
 from billing.models import BillingRun, BillingRunError, BillingRunStatus, Invoice, InvoiceKind, InvoiceStatus
 from config.errors import ApplicationError
 from offices.models import Office, SubscriptionStatus
@@ -192,3 +194,122 @@ def billing_run(
     billing_run_finish_if_done(run.pk)
     run.refresh_from_db()
     return run
+
+
+# --- What a run did, and the dry run ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvoiceSummary:
+    """One invoice a run finalized or opened, as a person reads it in a summary."""
+
+    invoice_id: int
+    office_id: int
+    office: str
+    number: str | None
+    kind: str
+    kind_label: str
+    status: str
+    period_start: datetime | None
+    period_end: datetime | None
+    lines: int
+    total_cents: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run's figures with the invoices it finalized and opened (found by the ids its
+    steps recorded, never by time) and each office's step counts."""
+
+    run: BillingRun
+    dry_run: bool
+    per_office: dict[int, AdvanceStats]
+    office_names: dict[int, str]
+    finalized: list[InvoiceSummary]
+    opened: list[InvoiceSummary]
+    errors: list[tuple[str, str]]
+
+    def totals_by_currency(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for row in self.finalized:
+            totals[row.currency] = totals.get(row.currency, 0) + row.total_cents
+        return dict(sorted(totals.items()))
+
+
+def _summaries(invoice_ids: Sequence[int]) -> list[InvoiceSummary]:
+    invoices = (
+        Invoice.objects.filter(pk__in=list(invoice_ids))
+        .select_related("office")
+        .annotate(line_count=Count("lines"))
+        .order_by("office_id", "period_start", "id")
+    )
+    return [
+        InvoiceSummary(
+            invoice_id=inv.pk,
+            office_id=inv.office_id,
+            office=inv.office.name,
+            number=inv.number,
+            kind=inv.kind,
+            kind_label=inv.get_kind_display(),
+            status=inv.status,
+            period_start=inv.period_start,
+            period_end=inv.period_end,
+            lines=inv.line_count,
+            total_cents=inv.total_cents,
+            currency=inv.currency,
+        )
+        for inv in invoices
+    ]
+
+
+def billing_run_report(*, run: BillingRun, per_office: dict[int, AdvanceStats], dry_run: bool = False) -> RunReport:
+    """Read back what `run` did (inside the run's transaction for a dry run)."""
+    finalized_ids = [pk for stats in per_office.values() for pk in stats.finalized_ids]
+    opened_ids = [pk for stats in per_office.values() for pk in stats.opened_ids]
+    names = dict(Office.objects.filter(pk__in=list(per_office)).values_list("pk", "name"))
+    errors = [(names.get(e.office_id, str(e.office_id)), e.message) for e in run.errors.order_by("pk")]
+    return RunReport(
+        run=run,
+        dry_run=dry_run,
+        per_office=per_office,
+        office_names=names,
+        finalized=_summaries(finalized_ids),
+        opened=_summaries(opened_ids),
+        errors=errors,
+    )
+
+
+class _DryRunRollback(Exception):
+    """Raised to roll a dry run back once its report is read."""
+
+
+def billing_run_preview(
+    *,
+    as_of: datetime | str | None = None,
+    office_ids: Sequence[int] | None = None,
+    trigger: str = "dry_run",
+    progress: Callable[[int, AdvanceStats], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunReport:
+    """The dry run (spec §10 `--dry-run`; the admin's preview): the real run through the
+    real engine inside ONE transaction that is then rolled back — numbers, audit entries
+    and Stripe push requests included (on_commit work is dropped). The only place a run
+    uses one transaction for many offices."""
+    per_office: dict[int, AdvanceStats] = {}
+
+    def record(office_id: int, stats: AdvanceStats) -> None:
+        per_office[office_id] = stats
+        if progress is not None:
+            progress(office_id, stats)
+
+    report: RunReport | None = None
+    try:
+        with transaction.atomic():
+            run = billing_run(as_of=as_of, office_ids=office_ids, trigger=trigger, progress=record, on_start=on_start)
+            report = billing_run_report(run=run, per_office=per_office, dry_run=True)
+            raise _DryRunRollback
+    except _DryRunRollback:
+        pass
+    assert report is not None
+    return report

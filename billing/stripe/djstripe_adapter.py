@@ -1,8 +1,8 @@
 """The one place where we hand verified Stripe events to dj-stripe (spec §8, §9).
 
 dj-stripe mirrors Stripe objects into its own tables. We use it for that mirror only:
-our view (billing.webhooks) owns the endpoint and the signature check, our reactions
-(billing.stripe_events) own local invoices and offices, and dj-stripe's own webhook view
+our view (billing.stripe.webhooks) owns the endpoint and the signature check, our reactions
+(billing.stripe.events) own local invoices and offices, and dj-stripe's own webhook view
 is never routed (it keeps secrets and full bodies in the database, and with DEBUG it
 accepts a secret from a request header).
 

@@ -28,12 +28,12 @@ from django.utils import timezone
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
 from billing.dunning import office_payment_state_refresh
-from billing.engine import lock_office
+from billing.engine.office import lock_office
 from billing.models import Invoice, InvoiceStatus, PushState
 from billing.phi_guard import audited_refusals, phi_check
 from billing.services import invoice_void
-from billing.stripe_gateway import Gateway, Permanent
-from billing.stripe_push import invoice_push
+from billing.stripe.gateway import Gateway, Permanent
+from billing.stripe.push import invoice_push
 from config.errors import ApplicationError, ConflictError
 from offices.models import Office
 

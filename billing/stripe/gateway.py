@@ -9,7 +9,7 @@
   the network.
 - SDK errors are mapped to a small family: CardDeclined, Transient, Permanent.
 
-Nothing here runs inside a database transaction: callers commit first (billing.push)."""
+Nothing here runs inside a database transaction: callers commit first (billing.seam)."""
 
 from __future__ import annotations
 
@@ -200,14 +200,14 @@ class Gateway:
         )
 
     def setup_session_create(
-        self, *, office: Office, customer_id: str, success_url: str, cancel_url: str, key: str
+        self, *, office: Office, customer_id: str, currency: str, success_url: str, cancel_url: str, key: str
     ) -> Any:
         """A Stripe-hosted page (Checkout, setup mode) where the office saves a payment
         method: card data never reaches this system."""
         params: SessionCreateParams = {
             "mode": "setup",
             "customer": customer_id,
-            "currency": "usd",
+            "currency": currency,
             "success_url": success_url,
             "cancel_url": cancel_url,
             "payment_method_types": ["card"],

@@ -16,23 +16,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from celery import shared_task
 from django.db import transaction
 from django.db.models import Count, F
 
-from audit.context import audit_source
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
-from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, LineKind, PushState
-from billing.stripe_gateway import Gateway, GatewayError, Transient
+from billing.engine.labels import PATIENT_GROUP_LABEL
+from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, PushState
+from billing.stripe.gateway import Gateway, GatewayError
 from offices.models import CollectionMethod, Office
 
 logger = logging.getLogger("billing.stripe")
-
-GROUP_LABELS: dict[str, str] = {
-    LineKind.RECURRING: "Active patients",
-    LineKind.ACTIVATION: "Patients activated during the period",
-}
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,7 @@ def stripe_items(invoice: Invoice) -> list[StripeItem]:
         items.append(
             StripeItem(
                 key=f"{group['kind']}:{group['unit_amount_cents']}",
-                description=f"{GROUP_LABELS[group['kind']]}{period}",
+                description=f"{PATIENT_GROUP_LABEL[group['kind']]}{period}",
                 quantity=group["n"],
                 unit_amount_cents=group["unit_amount_cents"],
             )
@@ -240,14 +234,6 @@ def customer_sync(*, office_id: int, gateway: Gateway | None = None) -> None:
     )
 
 
-@shared_task(
-    bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=5, retry_backoff_max=600, max_retries=8
-)
-def customer_sync_task(self: Any, office_id: int) -> None:
-    with audit_source(task_id=str(self.request.id or "")):
-        customer_sync(office_id=office_id)
-
-
 def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> None:
     """Carry a local void to Stripe, so that Stripe never collects a voided invoice."""
     invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
@@ -281,11 +267,3 @@ def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> Non
         return
     Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
     audit_record(action="invoice.voided_in_stripe", target=invoice, office_id=office.pk, data={"stripe_id": stripe_id})
-
-
-@shared_task(
-    bind=True, acks_late=True, autoretry_for=(Transient,), retry_backoff=5, retry_backoff_max=600, max_retries=8
-)
-def invoice_void_sync_task(self: Any, invoice_id: int) -> None:
-    with audit_source(task_id=str(self.request.id or "")):
-        invoice_void_sync(invoice_id=invoice_id)

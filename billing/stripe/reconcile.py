@@ -26,7 +26,7 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import audit_record
 from billing.models import Invoice, InvoiceStatus, PushState
-from billing.stripe_gateway import Gateway, Permanent
+from billing.stripe.gateway import Gateway, Permanent
 
 logger = logging.getLogger("billing.reconcile")
 

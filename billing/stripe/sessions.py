@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit.services import audit_record
-from billing.stripe_gateway import Gateway, GatewayError
-from billing.stripe_push import customer_ensure
+from billing.selectors import office_currency
+from billing.stripe.gateway import Gateway, GatewayError
+from billing.stripe.push import customer_ensure
 from config.errors import ApplicationError
 from offices.models import Office
 
@@ -32,6 +33,7 @@ def setup_session_create(
         session = gw.setup_session_create(
             office=office,
             customer_id=customer_id,
+            currency=office_currency(office),
             success_url=success_url,
             cancel_url=cancel_url,
             key=f"office:{office.pk}:setup-session:{uuid.uuid4().hex}",  # one page per request

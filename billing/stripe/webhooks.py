@@ -9,10 +9,10 @@
    Any failure → 4xx and a `webhook.rejected` audit entry with the reason and the client
    IP, never the body. Headers such as dj-stripe's `X-Djstripe-Webhook-Secret` are ignored.
 3. A verified event is recorded once by its id (`StripeEvent`, unique): the delivery that
-   inserts the row audits `webhook.received` and reacts (billing.stripe_events); concurrent
+   inserts the row audits `webhook.received` and reacts (billing.stripe.events); concurrent
    or repeated deliveries of the same id find the row and do nothing (`webhook.duplicate`),
    unless an earlier attempt failed or was abandoned, in which case one of them retries.
-4. Then the event goes to dj-stripe's mirror (billing.djstripe_adapter); a mirror failure
+4. Then the event goes to dj-stripe's mirror (billing.stripe.djstripe_adapter); a mirror failure
    is logged and audited but does not fail the delivery.
 
 Nothing here runs inside a transaction: reactions read Stripe first, then write under
@@ -40,9 +40,9 @@ from django.views.decorators.http import require_POST
 
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
-from billing.djstripe_adapter import mirror_event, redact
 from billing.models import StripeEvent, StripeEventStatus
-from billing.stripe_events import NotAnEvent, VerifiedEvent, stripe_event_react
+from billing.stripe.djstripe_adapter import mirror_event, redact
+from billing.stripe.events import NotAnEvent, VerifiedEvent, stripe_event_react
 
 logger = logging.getLogger("billing.webhooks")
 

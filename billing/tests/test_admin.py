@@ -21,6 +21,7 @@ from guardian.shortcuts import get_perms
 
 from audit.models import AuditAnchor, AuditChainHead, AuditEvent
 from audit.services import audit_anchor, audit_seal
+from billing.engine.run import billing_run
 from billing.models import (
     BillingRun,
     BillingRunError,
@@ -32,9 +33,8 @@ from billing.models import (
     Plan,
     PlanChange,
 )
-from billing.runs import billing_run
 from billing.services import patient_activate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
 from offices.models import Company, Office, Role
 from offices.services import office_member_grant
 from patients.models import ActivationInterval, Patient

@@ -17,12 +17,12 @@ from billing.models import Invoice, InvoiceStatus, PushState
 from billing.phi_guard import PhiRefused
 from billing.selectors import payment_status
 from billing.services import invoice_void, subscription_cancel
-from billing.stripe_events import invoice_mark_paid_out_of_band
-from billing.stripe_gateway import Gateway, client
+from billing.stripe.events import invoice_mark_paid_out_of_band
+from billing.stripe.gateway import Gateway, client
 from billing.tasks import dunning_tick
-from billing.tests.factories import PatientFactory, at, operator
-from billing.tests.localstripe_server import run_localstripe
-from billing.tests.test_webhooks import (
+from billing.tests.support.factories import PatientFactory, at, operator
+from billing.tests.support.localstripe_server import run_localstripe
+from billing.tests.support.stripe_helpers import (
     audits,
     billed_office,
     deliver,
@@ -130,7 +130,7 @@ def test_a_suspended_office_cannot_activate_but_nothing_else_stops():
     assert "suspended" in response.json()["message"]
     # Active patients stay active; the next cycle still bills them.
     with at(datetime(2026, 5, 10, 2, tzinfo=CHI)):
-        from billing.runs import billing_run
+        from billing.engine.run import billing_run
 
         billing_run()
     may_cycle = Invoice.objects.get(office=office, kind="cycle", period_start__date="2026-04-10")

@@ -13,7 +13,7 @@ from audit.models import AuditEvent, Outcome
 from billing.models import Invoice, LineItem
 from billing.phi_guard import PhiRefused, phi_check
 from billing.services import invoice_create_one_off
-from billing.tests.factories import OfficeFactory, PatientFactory, at, operator
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, operator
 from offices.models import Office
 from patients.models import Patient
 

@@ -104,7 +104,7 @@ STATIC_ROOT = VAR_DIR / "static"
 INVOICE_NUMBER_PREFIX = env("INVOICE_NUMBER_PREFIX", default="INV")
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)
 BILLING_DEFAULT_TIMEZONE = env("BILLING_DEFAULT_TIMEZONE", default="America/New_York")
-BILLING_DEFAULT_CURRENCY = "usd"
+BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="usd").lower()
 BILLING_RUN_CHUNK_SIZE = env.int("BILLING_RUN_CHUNK_SIZE", default=200)
 
 # Where Stripe-hosted payment-method pages send the office back.
@@ -126,15 +126,15 @@ STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
 # Push finalized invoices to Stripe after commit (a Celery task). Off in the test settings:
 # tests that exercise Stripe turn it on against their own localstripe.
 STRIPE_PUSH_ENABLED = env.bool("STRIPE_PUSH_ENABLED", default=False)
-# Webhooks (billing/webhooks.py): signatures older or newer than this are refused, and so
+# Webhooks (billing/stripe/webhooks.py): signatures older or newer than this are refused, and so
 # are bodies above this size (Stripe's events are a few kB).
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
 STRIPE_WEBHOOK_MAX_BODY_BYTES = env.int("STRIPE_WEBHOOK_MAX_BODY_BYTES", default=1024 * 1024)
-# Reconciliation (billing/reconcile.py): open invoices plus those changed in this many days.
+# Reconciliation (billing/stripe/reconcile.py): open invoices plus those changed in this many days.
 STRIPE_RECONCILE_DAYS = env.int("STRIPE_RECONCILE_DAYS", default=35)
 
 # dj-stripe mirrors Stripe. Its key settings are derived from STRIPE_SECRET_KEY; it never
-# stores a key or webhook secret (see billing/djstripe_adapter.py).
+# stores a key or webhook secret (see billing/stripe/djstripe_adapter.py).
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
 STRIPE_TEST_SECRET_KEY = "" if STRIPE_LIVE_MODE else STRIPE_SECRET_KEY
 STRIPE_LIVE_SECRET_KEY = STRIPE_SECRET_KEY if STRIPE_LIVE_MODE else ""

@@ -22,10 +22,10 @@ from pypdf import PdfReader
 from rest_framework.settings import api_settings
 
 from billing.documents import money
+from billing.engine.run import billing_run
 from billing.models import Invoice, InvoiceKind, InvoiceStatus
-from billing.runs import billing_run
 from billing.services import patient_activate, subscription_cancel, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
 from config.urls import api_v1
 from offices.models import COMPLIANCE_AUDITOR_GROUP, Office, Role, SubscriptionStatus
 from patients.models import Patient

@@ -17,7 +17,7 @@ from django.test import Client
 from knox.models import AuthToken
 
 from audit.models import AuditEvent
-from billing.tests.factories import at
+from billing.tests.support.factories import at
 
 pytestmark = pytest.mark.django_db
 

@@ -33,7 +33,7 @@ from rest_framework.settings import api_settings
 from audit.services import audit_record
 from billing.models import Invoice, InvoiceKind
 from billing.services import invoice_create_one_off, patient_activate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
 from config.urls import api_v1
 from offices.models import COMPLIANCE_AUDITOR_GROUP, Office, Role
 from offices.selectors import offices_for_user

@@ -21,7 +21,7 @@ from pypdf import PdfReader
 
 from audit.models import AuditEvent
 from billing.models import Invoice
-from billing.tests.factories import at
+from billing.tests.support.factories import at
 from offices.models import COMPLIANCE_AUDITOR_GROUP, Role
 
 pytestmark = pytest.mark.django_db

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from billing.models import Invoice
 from billing.services import invoice_create_one_off, patient_activate, subscription_create
-from billing.tests.factories import OfficeFactory, PlanFactory, professional_plan
+from billing.tests.support.factories import OfficeFactory, PlanFactory, professional_plan
 from config.wsgi import application
 from offices.models import Role
 from patients.services import patient_create
@@ -52,7 +52,7 @@ CHECKS = [not_a_server_error, content_type_conformance, response_schema_conforma
 PASSWORD = "pw-schemathesis-1234"
 METHOD_ORDER = {"get": 0, "post": 1, "patch": 2, "delete": 3}
 # Operations that call Stripe synchronously: billing/tests/test_stripe_push.py runs them
-# against localstripe (billing/stripe_gateway.py refuses calls inside a transaction, and
+# against localstripe (billing/stripe/gateway.py refuses calls inside a transaction, and
 # this test runs in one).
 STRIPE_BACKED = {"/api/v1/offices/{office_id}/payment-method-session/"}
 

@@ -23,7 +23,7 @@ from rest_framework.settings import api_settings
 
 from audit.middleware import client_ip
 from audit.models import AuditEvent
-from billing.tests.factories import at
+from billing.tests.support.factories import at
 from config.authentication import ApiRateThrottle
 from config.urls import api_v1
 from offices.models import Office

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing.reconcile import Mismatch, reconcile_stripe
-from billing.stripe_gateway import GatewayError
+from billing.stripe.gateway import GatewayError
+from billing.stripe.reconcile import Mismatch, reconcile_stripe
 
 COLUMNS = ("invoice", "number", "office", "stripe invoice", "field", "local", "stripe")
 

@@ -30,8 +30,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from guardian.shortcuts import get_perms
 
+from billing.engine.run import billing_run
 from billing.models import BillingRun, Invoice, InvoiceKind, LineKind, Plan
-from billing.runs import billing_run
 from billing.services import (
     invoice_create_one_off,
     patient_activate,

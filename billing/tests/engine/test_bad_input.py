@@ -24,7 +24,7 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at
 from config.errors import ApplicationError, ConflictError, NotFoundError
 from offices.models import Office
 from offices.services import office_create, office_update

@@ -29,6 +29,7 @@ from django.db import IntegrityError, connection
 from django.db.models import Q, Sum
 
 from audit.models import AuditEvent
+from billing.engine.run import billing_run
 from billing.models import (
     BillingRun,
     BillingRunError,
@@ -39,9 +40,8 @@ from billing.models import (
     LineItem,
     LineKind,
 )
-from billing.runs import billing_run
 from billing.services import invoice_create_one_off, patient_activate, patient_deactivate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at
 from config.errors import ConflictError
 from offices.models import Office
 from patients.models import ActivationInterval, Patient

@@ -1,4 +1,4 @@
-"""Cycle boundaries in an office's time zone (spec §2, §4): billing/cycles.py."""
+"""Cycle boundaries in an office's time zone (spec §2, §4): billing/engine/cycles.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.cycles import (
+from billing.engine.cycles import (
     Cycle,
     add_months_clamped,
     boundary,

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from billing.engine.run import billing_run
 from billing.models import (
     FROZEN_PLAN_FIELDS,
     Invoice,
@@ -33,9 +34,8 @@ from billing.models import (
     PlanChangeKind,
     PushState,
 )
-from billing.runs import billing_run
 from billing.services import invoice_create_one_off, patient_activate, patient_deactivate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at, professional_plan
 from offices.models import Office
 from patients.models import ActivationInterval, Patient
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.forms.models import model_to_dict
 
 from audit.models import AuditEvent
+from billing.engine.run import billing_run
 from billing.models import (
     BillingRun,
     Invoice,
@@ -25,7 +26,6 @@ from billing.models import (
     LineKind,
     PushState,
 )
-from billing.runs import billing_run
 from billing.services import (
     invoice_create_one_off,
     invoice_void,
@@ -37,7 +37,7 @@ from billing.services import (
     subscription_resume,
     subscription_view,
 )
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at, operator, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at, operator, professional_plan
 from config.errors import ConflictError
 from offices.models import Office, SubscriptionStatus
 from patients.models import Patient

@@ -27,6 +27,7 @@ from django.db import transaction
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from billing.engine.run import billing_run
 from billing.models import (
     Invoice,
     InvoiceKind,
@@ -36,10 +37,9 @@ from billing.models import (
     LineKind,
     Plan,
 )
-from billing.runs import billing_run
 from billing.services import patient_activate, patient_deactivate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at
-from billing.tests.reference_model import (
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at
+from billing.tests.support.reference_model import (
     ExpectedBilling,
     ExpectedCycleInvoice,
     Interval,

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from audit.models import AuditEvent
 from billing.models import BillingRun, Invoice, InvoiceKind, InvoiceStatus, LineItem
 from billing.services import patient_activate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
 from offices.models import Office
 
 pytestmark = pytest.mark.django_db

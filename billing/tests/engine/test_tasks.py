@@ -14,7 +14,7 @@ from celery.contrib.testing.worker import start_worker
 
 from billing.models import BillingRun, BillingRunStatus, Invoice, InvoiceStatus
 from billing.services import patient_activate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, PlanFactory, at
+from billing.tests.support.factories import OfficeFactory, PatientFactory, PlanFactory, at
 from config.celery_app import app
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from billing.engine.run import billing_run
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LineKind
-from billing.runs import billing_run
 from billing.services import patient_activate, patient_deactivate, subscription_create
-from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
 
 pytestmark = pytest.mark.django_db
 CHI = ZoneInfo("America/Chicago")

@@ -3,7 +3,7 @@ idempotency key derived from the local invoice and step; an outage leaves the in
 a pending push that a retry completes; never a half-made or duplicate Stripe invoice).
 
 The real stripe-python client talks to our extended localstripe through a scripted fault
-proxy (billing/tests/fault_proxy.py) that records every request with its Idempotency-Key.
+proxy (billing/tests/support/fault_proxy.py) that records every request with its Idempotency-Key.
 Timeouts are short (1 s) and stripe-python retries twice, so a fault on every attempt of
 one call takes three scripted faults. Checks read Stripe directly, not through the proxy."""
 
@@ -16,14 +16,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from billing.engine.run import billing_run
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, Plan, PushState
-from billing.runs import billing_run
 from billing.services import patient_activate, subscription_create
-from billing.stripe_gateway import Gateway, Transient, client
-from billing.stripe_push import invoice_push, stripe_items
-from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
-from billing.tests.fault_proxy import Fault, Record, run_fault_proxy
-from billing.tests.localstripe_server import run_localstripe
+from billing.stripe.gateway import Gateway, Transient, client
+from billing.stripe.push import invoice_push, stripe_items
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.support.fault_proxy import Fault, Record, run_fault_proxy
+from billing.tests.support.localstripe_server import run_localstripe
 from offices.models import Office
 
 pytestmark = pytest.mark.django_db(transaction=True)

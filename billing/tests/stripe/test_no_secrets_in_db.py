@@ -16,12 +16,12 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
-from billing.djstripe_adapter import install, platform_account, redact
 from billing.models import InvoiceStatus, StripeEvent
-from billing.reconcile import reconcile_stripe
-from billing.stripe_gateway import Gateway, client
-from billing.tests.localstripe_server import run_localstripe
-from billing.tests.test_webhooks import (
+from billing.stripe.djstripe_adapter import install, platform_account, redact
+from billing.stripe.gateway import Gateway, client
+from billing.stripe.reconcile import reconcile_stripe
+from billing.tests.support.localstripe_server import run_localstripe
+from billing.tests.support.stripe_helpers import (
     billed_office,
     deliver,
     events_of,

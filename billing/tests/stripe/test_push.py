@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import transaction
 
+from billing.engine.run import billing_run
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, PushState
-from billing.runs import billing_run
 from billing.services import patient_activate, subscription_create
-from billing.stripe_gateway import Gateway, OutsideTransactionRequired, client
-from billing.stripe_push import invoice_push, stripe_items
-from billing.tests.factories import OfficeFactory, PatientFactory, at, professional_plan
-from billing.tests.localstripe_server import run_localstripe
+from billing.stripe.gateway import Gateway, OutsideTransactionRequired, client
+from billing.stripe.push import invoice_push, stripe_items
+from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
+from billing.tests.support.localstripe_server import run_localstripe
 from offices.models import CollectionMethod, Office
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -133,7 +133,7 @@ def test_it_opens_a_stripe_hosted_payment_method_page_for_a_billing_admin(stripe
 
 
 def test_it_syncs_a_changed_name_and_billing_email_to_the_customer(gateway, stripe_url, settings):
-    from billing.stripe_push import customer_ensure, customer_sync
+    from billing.stripe.push import customer_ensure, customer_sync
     from offices.services import office_update
 
     office = OfficeFactory(name="Old Name Clinic")
@@ -147,7 +147,7 @@ def test_it_syncs_a_changed_name_and_billing_email_to_the_customer(gateway, stri
 
 def test_it_carries_a_local_void_to_stripe_so_stripe_never_collects_it(gateway):
     from billing.services import invoice_void
-    from billing.stripe_push import invoice_void_sync
+    from billing.stripe.push import invoice_void_sync
 
     office = billed_office(patients=3)
     pushed_cycle = Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)

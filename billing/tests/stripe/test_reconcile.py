@@ -12,12 +12,12 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from billing.models import Invoice, InvoiceStatus, PushState
-from billing.reconcile import reconcile_stripe
-from billing.stripe_gateway import Gateway, client
-from billing.stripe_push import customer_ensure, invoice_push
+from billing.stripe.gateway import Gateway, client
+from billing.stripe.push import customer_ensure, invoice_push
+from billing.stripe.reconcile import reconcile_stripe
 from billing.tasks import reconcile_stripe_task
-from billing.tests.localstripe_server import run_localstripe
-from billing.tests.test_webhooks import (
+from billing.tests.support.localstripe_server import run_localstripe
+from billing.tests.support.stripe_helpers import (
     audits,
     billed_office,
     counting_gateway,

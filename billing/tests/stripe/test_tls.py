@@ -22,7 +22,7 @@ import pytest
 import stripe
 import trustme
 
-from billing.stripe_gateway import Gateway, GatewayError, client
+from billing.stripe.gateway import Gateway, GatewayError, client
 
 HOST = "127.0.0.1"
 CUSTOMER = {"id": "cus_x", "object": "customer", "name": "Loopback", "metadata": {}}

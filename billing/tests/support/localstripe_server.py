@@ -1,4 +1,4 @@
-"""Our extended localstripe (billing/localstripe_ext.py) as a subprocess, for tests.
+"""Our extended localstripe (devtools/localstripe/) as a subprocess, for tests.
 
     with run_localstripe() as url:
         client = stripe.StripeClient("sk_test_…", base_addresses={"api": url}, max_network_retries=2)
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds for the port to answer
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
@@ -69,7 +69,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _start(tmpdir: Path, port: int, *, from_scratch: bool, timeout: float) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "billing.localstripe_ext", "--port", str(port)]
+    argv = [sys.executable, "-m", "devtools.localstripe", "--port", str(port)]
     if from_scratch:
         argv.append("--from-scratch")
     log_path = tmpdir / f"localstripe-{port}.log"
@@ -97,7 +97,7 @@ def _start(tmpdir: Path, port: int, *, from_scratch: bool, timeout: float) -> su
 def run_localstripe(
     *, tmpdir: str | os.PathLike[str] | None = None, from_scratch: bool = True, timeout: float = START_TIMEOUT
 ) -> Iterator[str]:
-    """Start ``python -m billing.localstripe_ext --port <free> --from-scratch`` and yield
+    """Start ``python -m devtools.localstripe --port <free> --from-scratch`` and yield
     its base URL; stop it (terminate, wait, kill) on exit.
 
     ``tmpdir``: the instance's TMPDIR (default: a new temporary folder, removed afterwards);

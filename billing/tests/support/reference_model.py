@@ -1,7 +1,7 @@
 """A small, obviously correct oracle of cycle billing (spec §4–§7), for property tests.
 
 It is plain Python over `zoneinfo` and `calendar` and imports nothing from the project
-(not `billing.cycles`, not `billing.engine`), so agreeing with them is a real
+(not `billing.engine.cycles`, not `billing.engine`), so agreeing with them is a real
 cross-check. It favours clarity over speed: local midnights are found by bisection over
 UTC instants, billability by scanning every interval.
 

@@ -1,4 +1,4 @@
-"""Our localstripe extensions (billing/localstripe_ext.py), through the real stripe-python
+"""Our localstripe extensions (devtools/localstripe/), through the real stripe-python
 client over HTTP, against what Stripe's API documents (docs/stripe-localstripe.md)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 import stripe
 
-from billing.tests.localstripe_server import run_localstripe
+from billing.tests.support.localstripe_server import run_localstripe
 
 API_KEY = "sk_test_" + "LocalstripeExtTests000000"
 OTHER_API_KEY = "sk_test_" + "AnotherAccountKey00000000"

@@ -1,0 +1,77 @@
+"""Celery tasks that speak to Stripe. Each takes an id, is safe to run twice (the same
+idempotency keys every time), and retries transient failures with backoff.
+
+Task names are fixed to the names they had before the Stripe code moved here: messages
+already queued, and django-celery-beat's rows, name tasks by these strings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from audit.context import audit_source
+from billing.models import Invoice, PushState
+from billing.stripe.gateway import Transient
+from billing.stripe.push import customer_sync, invoice_push, invoice_void_sync
+
+# Backoff stays under Redis' visibility timeout (3600 s).
+RETRY = {"autoretry_for": (Transient,), "retry_backoff": 5, "retry_backoff_max": 600, "max_retries": 8}
+
+
+@shared_task(name="billing.tasks.invoice_push_task", bind=True, acks_late=True, retry_jitter=True, **RETRY)
+def invoice_push_task(self: Any, invoice_id: int) -> str | None:
+    """Push one finalized invoice to Stripe (spec §8). What is still pending afterwards is
+    picked up by the next hourly run (`enqueue_pending_pushes`)."""
+    with audit_source(task_id=str(self.request.id or "")):
+        invoice = invoice_push(invoice_id=invoice_id)
+        return invoice.stripe_invoice_id
+
+
+def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), limit: int = 5000) -> int:
+    """Re-enqueue pushes that no task finished (a broker outage, retries exhausted)."""
+    cutoff = timezone.now() - older_than
+    ids = list(
+        Invoice.objects.filter(push_state=PushState.PENDING, finalized_at__lt=cutoff)
+        .order_by("finalized_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for invoice_id in ids:
+        invoice_push_task.delay(invoice_id)
+    return len(ids)
+
+
+@shared_task(name="billing.stripe_push.customer_sync_task", bind=True, acks_late=True, **RETRY)
+def customer_sync_task(self: Any, office_id: int) -> None:
+    """Carry an office's name and billing email to its Stripe customer."""
+    with audit_source(task_id=str(self.request.id or "")):
+        customer_sync(office_id=office_id)
+
+
+@shared_task(name="billing.stripe_push.invoice_void_sync_task", bind=True, acks_late=True, **RETRY)
+def invoice_void_sync_task(self: Any, invoice_id: int) -> None:
+    """Carry a local void to Stripe, so that Stripe never collects a voided invoice."""
+    with audit_source(task_id=str(self.request.id or "")):
+        invoice_void_sync(invoice_id=invoice_id)
+
+
+@shared_task(
+    name="billing.tasks.reconcile_stripe_task",
+    bind=True,
+    acks_late=True,
+    autoretry_for=(Transient,),
+    retry_backoff=60,
+    max_retries=5,
+)
+def reconcile_stripe_task(self: Any) -> int | None:
+    """Daily (beat): compare local invoices with Stripe; report and audit mismatches
+    (never fixes them). Skipped where Stripe is not in use (STRIPE_PUSH_ENABLED off)."""
+    from billing.stripe.reconcile import reconcile_stripe
+
+    if not settings.STRIPE_PUSH_ENABLED:
+        return None
+    with audit_source(task_id=str(self.request.id or "")):
+        return len(reconcile_stripe().mismatches)

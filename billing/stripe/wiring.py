@@ -1,0 +1,34 @@
+"""How billing/stripe plugs into the rest of billing at start-up (called from
+`BillingConfig.ready`). The engine and the services never import this package: they ask
+for a push or a void sync through billing/seam.py, and this module registers the tasks
+that answer those requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+def _sync_customer(sender: Any, office_id: int, **kwargs: Any) -> None:
+    if settings.STRIPE_PUSH_ENABLED:
+        from billing.stripe.tasks import customer_sync_task
+
+        customer_sync_task.delay(office_id)
+
+
+def connect() -> None:
+    """Install the dj-stripe adapter and the pinned client, and answer the seam's requests."""
+    from billing.seam import register_push_handler, register_void_handler
+    from billing.stripe.djstripe_adapter import install as install_djstripe_adapter
+    from billing.stripe.gateway import configure_module_client
+    from offices.signals import billing_identity_changed
+
+    billing_identity_changed.connect(_sync_customer, dispatch_uid="billing.sync_customer")
+    install_djstripe_adapter()  # dj-stripe never writes the API key into its tables
+    configure_module_client()  # dj-stripe's own calls: our pinned version and TLS floor
+    if settings.STRIPE_PUSH_ENABLED:
+        from billing.stripe.tasks import invoice_push_task, invoice_void_sync_task
+
+        register_push_handler(lambda invoice_id: invoice_push_task.delay(invoice_id))
+        register_void_handler(lambda invoice_id: invoice_void_sync_task.delay(invoice_id))
