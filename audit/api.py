@@ -20,6 +20,8 @@ class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
 
 
 class AuditEventsView(ListAPIView[AuditEvent]):
+    """The audit trail for auditors and operators, filtered and paginated (spec §9)."""
+
     serializer_class = AuditEventSerializer
     pagination_class = Pagination
 

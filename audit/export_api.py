@@ -45,6 +45,8 @@ class _FormatNamesTheFile(DefaultContentNegotiation):
 
 
 class AuditEventsExportView(AuditEventsView):
+    """The filtered audit trail as a CSV or JSON download (spec §9)."""
+
     pagination_class = None  # type: ignore[assignment]  # a stream of every matching row, not a page
     content_negotiation_class = _FormatNamesTheFile
 

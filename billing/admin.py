@@ -224,6 +224,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Void selected invoices", permissions=("void",))
     def void_invoices(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        """Void the selected open invoices through `invoice_void`; Stripe follows after commit (spec §7, §8)."""
         voided: list[str] = []
         for invoice in queryset.order_by("pk"):
             try:
@@ -238,6 +239,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.action(description="Record payment made outside Stripe (cheque, wire)", permissions=("void",))
     def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         # A changelist action runs outside a transaction, as Stripe calls must (spec §8).
+        """Record the selected invoices as paid outside Stripe (spec §8)."""
         done: list[str] = []
         for invoice in queryset.order_by("pk"):
             try:
@@ -251,6 +253,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Push pending invoices to Stripe now", permissions=("void",))
     def push_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        """Push the selected pending or failed invoices to Stripe now (spec §8)."""
         pending = queryset.filter(push_state__in=[PushState.PENDING, PushState.FAILED]).order_by("pk")
         for invoice in pending:
             try:
@@ -474,6 +477,7 @@ class BillingOfficeAdmin(OfficeAdmin):
 
     @admin.action(description="Preview billing for selected offices (dry run)", permissions=("run_billing",))
     def preview_billing(self, request: HttpRequest, queryset: QuerySet[Office]) -> HttpResponse | None:
+        """Show what a billing run would do for the selected offices; nothing is kept (spec §6)."""
         try:
             preview = billing_preview(office_ids=list(queryset.values_list("pk", flat=True)))
         except ApplicationError as exc:
@@ -484,6 +488,7 @@ class BillingOfficeAdmin(OfficeAdmin):
 
     @admin.action(description="Run billing now for selected offices", permissions=("run_billing",))
     def run_billing_now(self, request: HttpRequest, queryset: QuerySet[Office]) -> None:
+        """Run billing now for the selected offices (spec §6)."""
         office_ids = list(queryset.values_list("pk", flat=True))
         try:
             run = billing_run(office_ids=office_ids, trigger="admin")
@@ -507,6 +512,7 @@ class BillingOfficeAdmin(OfficeAdmin):
 
     @admin.action(description="Create one-off invoice for the selected office…", permissions=("one_off",))
     def create_one_off_invoice(self, request: HttpRequest, queryset: QuerySet[Office]) -> HttpResponse | None:
+        """Create a one-off invoice for one office (spec §7)."""
         offices = list(queryset[:2])
         if len(offices) != 1:
             self.message_user(request, "Select exactly one office to create a one-off invoice for.", messages.ERROR)

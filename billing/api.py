@@ -73,6 +73,7 @@ class PlansView(NoStoreMixin, ListAPIView[Plan]):
 
     @extend_schema(request=PlanCreateSerializer, responses={201: PlanSerializer})
     def post(self, request: Request) -> Response:
+        """Create a plan (operators only, spec §3, §10)."""
         if not is_operator(request.user):
             raise PermissionDeniedError("Only operators can create plans.")
         data = PlanCreateSerializer(data=request.data)
@@ -113,10 +114,12 @@ class SubscriptionView(NoStoreMixin, APIView):
 
     @extend_schema(responses=SubscriptionSerializer)
     def get(self, request: Request, office_id: int) -> Response:
+        """The office's subscription (spec §10)."""
         return self._respond(self._access(request, office_id))
 
     @extend_schema(request=SubscriptionWriteSerializer, responses={201: SubscriptionSerializer})
     def post(self, request: Request, office_id: int) -> Response:
+        """Subscribe the office to a plan (spec §4, §7, §10)."""
         access = self._access(request, office_id)
         data = SubscriptionWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -127,6 +130,7 @@ class SubscriptionView(NoStoreMixin, APIView):
 
     @extend_schema(request=SubscriptionWriteSerializer, responses=SubscriptionSerializer)
     def patch(self, request: Request, office_id: int) -> Response:
+        """Change plan at the next boundary, or resume a pending cancellation (spec §5, §10)."""
         access = self._access(request, office_id)
         data = SubscriptionWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -143,6 +147,7 @@ class SubscriptionView(NoStoreMixin, APIView):
 
     @extend_schema(responses={200: SubscriptionSerializer})
     def delete(self, request: Request, office_id: int) -> Response:
+        """Cancel at period end, or immediately with `?immediately=true` (operators only; spec §6, §10)."""
         access = self._access(request, office_id)
         immediately = request.query_params.get("immediately", "").lower() in ("1", "true", "yes")
         if immediately and not access.operator:
@@ -193,6 +198,8 @@ class InvoiceDetailSerializer(InvoiceSerializer):
 
 
 class OfficeInvoicesView(NoStoreMixin, ListAPIView[Invoice]):
+    """List an office's invoices, filtered by status and kind (spec §10)."""
+
     serializer_class = InvoiceSerializer
     pagination_class = Pagination
 
@@ -225,6 +232,7 @@ def _invoice_access(request: Request, invoice_id: int) -> tuple[Invoice, Access]
 class InvoiceDetailView(NoStoreMixin, APIView):
     @extend_schema(responses=InvoiceDetailSerializer)
     def get(self, request: Request, invoice_id: int) -> Response:
+        """One invoice with its lines, by billing reference only (spec §9, §10)."""
         invoice, access = _invoice_access(request, invoice_id)
         audit_record(action="invoice.viewed", actor=request.user, target=invoice, office_id=access.office.pk)
         invoice = Invoice.objects.prefetch_related("lines").get(pk=invoice.pk)
@@ -234,6 +242,7 @@ class InvoiceDetailView(NoStoreMixin, APIView):
 class InvoicePdfView(NoStoreMixin, APIView):
     @extend_schema(responses={(200, "application/pdf"): bytes})
     def get(self, request: Request, invoice_id: int) -> HttpResponse:
+        """The invoice as a PDF; drafts are marked DRAFT and carry no number (spec §10)."""
         invoice, access = _invoice_access(request, invoice_id)
         audit_record(action="invoice.pdf_viewed", actor=request.user, target=invoice, office_id=access.office.pk)
         response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
@@ -253,6 +262,7 @@ class PaymentStatusSerializer(serializers.Serializer[Any]):
 class PaymentStatusView(NoStoreMixin, APIView):
     @extend_schema(responses=PaymentStatusSerializer)
     def get(self, request: Request, office_id: int) -> Response:
+        """Outstanding and past-due amounts and the subscription state (spec §8, §10)."""
         access = office_access(request.user, office_id)
         require(access, access.billing, "view payment status")
         audit_record(
@@ -274,6 +284,7 @@ class OneOffSerializer(serializers.Serializer[Any]):
 class OneOffInvoicesView(NoStoreMixin, APIView):
     @extend_schema(request=OneOffSerializer, responses={201: InvoiceDetailSerializer})
     def post(self, request: Request, office_id: int) -> Response:
+        """Create and finalize a one-off invoice (operators only, spec §7, §10)."""
         access = office_access(request.user, office_id)
         require(access, access.operator, "create one-off invoices")
         data = OneOffSerializer(data=request.data)
@@ -301,6 +312,7 @@ class PaymentMethodSessionView(NoStoreMixin, APIView):
 
     @extend_schema(request=SetupSessionRequestSerializer, responses={201: SetupSessionSerializer})
     def post(self, request: Request, office_id: int) -> Response:
+        """Open a Stripe-hosted page where the office saves a payment method (spec §8)."""
         access = office_access(request.user, office_id)
         require(access, access.billing, "manage payment methods")
         data = SetupSessionRequestSerializer(data=request.data)

@@ -15,6 +15,7 @@ def money(cents: int, currency: str) -> str:
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
+    """Render an invoice as a PDF from templates/billing/invoice.html (spec §9, §10)."""
     from weasyprint import HTML  # imported lazily: it loads pango at import time
 
     lines = [

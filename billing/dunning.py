@@ -41,6 +41,7 @@ def past_due_invoices(office_id: int) -> Q:
 
 
 def grace_period() -> timedelta:
+    """How long an office may stay past due before it is suspended (BILLING_GRACE_DAYS, spec §8)."""
     return timedelta(days=settings.BILLING_GRACE_DAYS)
 
 
@@ -106,6 +107,8 @@ def office_payment_state_refresh(*, office: Office, now: datetime, actor_type: s
 
 @dataclass
 class DunningStats:
+    """What one dunning pass changed."""
+
     invoices_past_due: int = 0
     offices_checked: int = 0
     offices_past_due: int = 0

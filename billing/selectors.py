@@ -13,6 +13,7 @@ from offices.models import Office
 
 
 def invoices_for_office(*, office: Office, status: str | None = None, kind: str | None = None) -> QuerySet[Invoice]:
+    """An office's invoices, newest first, optionally filtered by status and kind (spec §10)."""
     qs = Invoice.objects.filter(office=office).order_by("-created_at", "-id")
     if status:
         qs = qs.filter(status=status)
@@ -23,6 +24,8 @@ def invoices_for_office(*, office: Office, status: str | None = None, kind: str 
 
 @dataclass(frozen=True)
 class PaymentStatus:
+    """What `payment-status` answers: subscription state, outstanding and past-due cents (spec §8, §10)."""
+
     subscription_status: str
     outstanding_cents: int
     past_due_cents: int

@@ -70,6 +70,7 @@ def plan_create(
     is_active: bool = True,
     actor: Any = None,
 ) -> Plan:
+    """Create a plan with validated prices in cents (spec §3); audited."""
     fields: dict[str, Any] = {
         "currency": currency or settings.BILLING_DEFAULT_CURRENCY,
         "per_patient_cents": per_patient_cents,
@@ -122,6 +123,8 @@ def _freeze_plan(plan: Plan) -> None:
 
 @dataclass(frozen=True)
 class SubscriptionView:
+    """An office's subscription as the API shows it (spec §10)."""
+
     status: str
     plan: str | None
     pending_plan: str | None
@@ -281,6 +284,7 @@ def subscription_resume(*, office: Office, actor: Any = None) -> Office:
 
 
 def subscription_view(office: Office) -> SubscriptionView:
+    """Read an office's subscription, plan, pending change and current period (spec §10)."""
     draft = current_draft(office)
     return SubscriptionView(
         status=office.subscription_status,
@@ -390,6 +394,8 @@ def patient_deactivate(*, patient: Patient, actor: Any = None, office: Office | 
 
 @dataclass(frozen=True)
 class ManualLine:
+    """One validated line of a one-off invoice (spec §7)."""
+
     description: str
     amount_cents: int
     quantity: int

@@ -85,6 +85,7 @@ class TokenView(NoStoreMixin, APIView):
         auth=[],
     )
     def post(self, request: Request) -> Response:
+        """Exchange a username and password for an expiring API token; audited (spec §9)."""
         data = TokenRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         # authenticate() sends user_login_failed (audited, password cleansed) on failure.
@@ -122,6 +123,7 @@ class LogoutView(APIView):
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request: Request) -> Response:
+        """Revoke the token in use; audited (spec §9)."""
         if isinstance(request.auth, AuthToken):
             request.auth.delete()
             # Audited as auth.logout by audit/signals.py.

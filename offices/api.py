@@ -41,6 +41,8 @@ class OfficeCreateSerializer(serializers.Serializer[Any]):
 
 
 class OfficesView(ListAPIView[Office]):
+    """List the offices the user may see; operators create offices (spec §1, §10)."""
+
     serializer_class = OfficeSerializer
     pagination_class = Pagination
 
@@ -49,6 +51,7 @@ class OfficesView(ListAPIView[Office]):
 
     @extend_schema(request=OfficeCreateSerializer, responses={201: OfficeSerializer})
     def post(self, request: Request) -> Response:
+        """Create an office (operators only, spec §1)."""
         if not is_operator(request.user):
             raise PermissionDeniedError("Only operators can create offices.")
         data = OfficeCreateSerializer(data=request.data)
@@ -60,6 +63,7 @@ class OfficesView(ListAPIView[Office]):
 class OfficeDetailView(APIView):
     @extend_schema(responses=OfficeSerializer)
     def get(self, request: Request, office_id: int) -> Response:
+        """One office the user has a role on (spec §1, §10)."""
         access = office_access(request.user, office_id)
         return Response(OfficeSerializer(access.office).data)
 
@@ -72,6 +76,7 @@ class MemberSerializer(serializers.Serializer[Any]):
 class MembersView(APIView):
     @extend_schema(request=MemberSerializer, responses={200: MemberSerializer})
     def post(self, request: Request, office_id: int) -> Response:
+        """Grant a user a role on the office (operators only, spec §1)."""
         access = office_access(request.user, office_id)
         require(access, access.operator, "manage members")
         data = MemberSerializer(data=request.data)
@@ -88,6 +93,7 @@ class MembersView(APIView):
 class MemberDetailView(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, office_id: int, user_id: int) -> Response:
+        """Revoke a user's role on the office (operators only, spec §1)."""
         access = office_access(request.user, office_id)
         require(access, access.operator, "manage members")
         user = User.objects.filter(pk=user_id).first()

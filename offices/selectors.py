@@ -16,10 +16,12 @@ ROLE_PERMS = [f"offices.{role}" for role in Role.values]
 
 
 def is_operator(user: Any) -> bool:
+    """True for the vendor's operators (staff users), who act on every office (spec §1)."""
     return bool(user.is_authenticated and user.is_active and (user.is_staff or user.is_superuser))
 
 
 def is_auditor(user: Any) -> bool:
+    """True for members of the compliance-auditor group (read-only audit access, spec §9)."""
     return bool(user.is_authenticated and user.groups.filter(name=COMPLIANCE_AUDITOR_GROUP).exists())
 
 
@@ -57,11 +59,14 @@ def offices_with_role(user: Any, role: str) -> QuerySet[Office]:
 
 
 def holds_role_anywhere(user: Any, role: str) -> bool:
+    """True if the user holds this role on at least one office."""
     return offices_with_role(user, role).exists()
 
 
 @dataclass(frozen=True)
 class Access:
+    """What one user may do on one office: the office and the roles held there (spec §1)."""
+
     office: Office
     operator: bool
     auditor: bool
@@ -90,5 +95,6 @@ def office_access(user: Any, office_id: int | str) -> Access:
 
 
 def require(access: Access, allowed: bool, what: str) -> None:
+    """Refuse with 403 naming the action unless `allowed` (the caller already holds the office)."""
     if not allowed:
         raise PermissionDeniedError(f"You may not {what} for office '{access.office.name}'.")

@@ -39,6 +39,7 @@ def office_create(
     days_until_due: int = 30,
     actor: Any = None,
 ) -> Office:
+    """Create an office with a validated time zone and collection method (spec §1, §2); audited."""
     if not name or not name.strip():
         raise ApplicationError("'name' is required.", {"field": "name"})
     fields: dict[str, Any] = {}
@@ -102,6 +103,7 @@ def office_update(*, office: Office, actor: Any = None, **changes: Any) -> Offic
 
 @transaction.atomic
 def office_member_grant(*, office: Office, user: AbstractBaseUser, role: str, actor: Any = None) -> None:
+    """Give a user a role (billing admin, staff, …) on one office (spec §1); audited."""
     if role not in Role.values:
         raise ApplicationError(f"Unknown role '{role}': use one of {', '.join(Role.values)}.", {"field": "role"})
     assign_perm(f"offices.{role}", user, office)
@@ -118,6 +120,7 @@ def office_member_grant(*, office: Office, user: AbstractBaseUser, role: str, ac
 def office_member_revoke(
     *, office: Office, user: AbstractBaseUser, role: str | None = None, actor: Any = None
 ) -> list[str]:
+    """Take a user's role on an office away; the next request sees it gone (spec §1); audited."""
     roles = [role] if role else [r for r in Role.values if r in get_perms(user, office)]
     if role is not None and role not in Role.values:
         raise ApplicationError(f"Unknown role '{role}'.", {"field": "role"})

@@ -75,6 +75,8 @@ class PatientListItemSerializer(serializers.Serializer[Any]):
 
 
 class OfficePatientsView(NoStoreMixin, ListAPIView[Patient]):
+    """List an office's patients (staff see details, others billing refs) and create them (spec §5, §9)."""
+
     pagination_class = Pagination
 
     def get_serializer_class(self) -> Any:
@@ -102,6 +104,7 @@ class OfficePatientsView(NoStoreMixin, ListAPIView[Patient]):
 
     @extend_schema(request=PatientSerializer, responses={201: PatientSerializer})
     def post(self, request: Request, office_id: int) -> Response:
+        """Create a patient, inactive until activated (spec §5)."""
         access = self._access()
         require(access, access.staff, "create patients")
         data = PatientSerializer(data=request.data)
@@ -130,6 +133,8 @@ class _PatientAction(NoStoreMixin, APIView):
 
 
 class PatientActivateView(_PatientAction):
+    """Activate a patient; billing adds the line under the office lock (spec §5)."""
+
     action_name = "activate"
 
     def _run(self, patient: Patient, request: Request) -> None:
@@ -137,6 +142,8 @@ class PatientActivateView(_PatientAction):
 
 
 class PatientDeactivateView(_PatientAction):
+    """Deactivate a patient; lines already billed stay (spec §5)."""
+
     action_name = "deactivate"
 
     def _run(self, patient: Patient, request: Request) -> None:

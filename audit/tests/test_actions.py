@@ -1,7 +1,7 @@
 """Every audited action of spec §9 that this flow can reach, with the fields an auditor
 needs: who, what, target, office, when, where (request id and IP, or system), outcome —
 and no PHI. Stripe-side actions (pushed, payment succeeded/failed/out of band, webhook
-received/rejected, reconciliation mismatch) are asserted in billing/tests/test_stripe_push.py,
+received/rejected, reconciliation mismatch) are asserted in billing/tests/stripe/test_push.py,
 test_webhooks.py, test_dunning.py and test_reconcile.py."""
 
 from __future__ import annotations

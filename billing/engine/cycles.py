@@ -14,6 +14,7 @@ from offices.timezones import validate_timezone
 
 
 def zone(name: str) -> ZoneInfo:
+    """The office's IANA zone."""
     return ZoneInfo(validate_timezone(name))
 
 
@@ -44,6 +45,8 @@ def add_months_clamped(anchor: date, months: int) -> date:
 
 @dataclass(frozen=True)
 class Cycle:
+    """One billing period [start, end) in UTC."""
+
     start: datetime
     end: datetime
 
@@ -73,4 +76,5 @@ def trial_end(subscribed_at: datetime, trial_days: int, tz: ZoneInfo) -> datetim
 
 
 def local_date(instant: datetime, tz: ZoneInfo) -> date:
+    """The calendar date of `instant` in the office's zone."""
     return instant.astimezone(tz).date()

@@ -69,6 +69,7 @@ def plan_in_force(*, office: Office, cycle_start: datetime) -> Plan:
 
 
 def current_draft(office: Office) -> Invoice | None:
+    """The office's open cycle draft, if any (at most one, a constraint)."""
     return (
         Invoice.objects.select_related("plan")
         .filter(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT)
@@ -77,6 +78,7 @@ def current_draft(office: Office) -> Invoice | None:
 
 
 def is_active_at(*, patient_id: int, instant: datetime) -> bool:
+    """True if the patient's history has them active at `instant` (half-open intervals, spec §5)."""
     return (
         ActivationInterval.objects.filter(patient_id=patient_id, activated_at__lte=instant)
         .filter(Q(deactivated_at__isnull=True) | Q(deactivated_at__gt=instant))

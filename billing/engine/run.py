@@ -28,6 +28,7 @@ AS_OF_TOLERANCE = timedelta(seconds=5)
 
 
 def validate_as_of(as_of: datetime | str | None) -> datetime:
+    """An aware as-of at or before now (5 s of clock skew allowed, then clamped) (spec §6)."""
     now = timezone.now()
     if as_of is None:
         return now
@@ -63,6 +64,7 @@ def offices_due(*, as_of: datetime, office_ids: Iterable[int] | None = None) -> 
 def billing_run_start(
     *, as_of: datetime, trigger: str, office_ids: Sequence[int] | None, offices_due_count: int, chunks: int = 1
 ) -> BillingRun:
+    """Record a run and its due offices; audited (spec §6)."""
     run = BillingRun.objects.create(
         as_of=as_of,
         trigger=trigger,

@@ -62,6 +62,8 @@ PAYMENT_NOTE_MAX = 200
 
 
 class NotAnEvent(ValueError):
+    """A verified body that is not a Stripe event."""
+
     pass
 
 

@@ -31,6 +31,8 @@ logger = logging.getLogger("billing.stripe")
 
 @dataclass(frozen=True)
 class StripeItem:
+    """One item of a Stripe invoice, with the key that makes its creation idempotent."""
+
     key: str
     description: str
     quantity: int

@@ -39,6 +39,8 @@ PUSH_OVERDUE = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Mismatch:
+    """One field where a local invoice and Stripe disagree."""
+
     field: str  # amount | currency | status | customer | missing_in_stripe | not_pushed | duplicate | unknown_in_stripe
     local: str
     stripe: str
@@ -50,6 +52,8 @@ class Mismatch:
 
 @dataclass
 class ReconcileReport:
+    """What one reconciliation pass compared and found."""
+
     since: datetime
     checked: int = 0
     customers_listed: int = 0
@@ -59,6 +63,7 @@ class ReconcileReport:
 
 
 def invoices_to_reconcile(*, now: datetime, days: int, office_ids: list[int] | None = None) -> QuerySet[Invoice]:
+    """Finalized invoices of the last `days` days that Stripe should know (spec §8)."""
     qs = (
         Invoice.objects.exclude(status=InvoiceStatus.DRAFT)
         .exclude(push_state=PushState.NOT_REQUIRED)

@@ -15,11 +15,15 @@ from offices.models import Office
 
 
 class StripeUnavailable(ApplicationError):
+    """Stripe could not be reached; the API answers 503."""
+
     status_code = 503
 
 
 @dataclass(frozen=True)
 class SetupSession:
+    """The hosted page's id and URL."""
+
     id: str
     url: str
 
@@ -27,6 +31,7 @@ class SetupSession:
 def setup_session_create(
     *, office: Office, success_url: str, cancel_url: str, actor: Any = None, gateway: Gateway | None = None
 ) -> SetupSession:
+    """Open a Stripe Checkout setup session for the office; audited (spec §8)."""
     gw = gateway or Gateway()
     try:
         customer_id = customer_ensure(office=office, gateway=gw)

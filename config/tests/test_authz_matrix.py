@@ -223,7 +223,7 @@ MATRIX: list[Row] = [
     Row("get", "audit-events/",                            (ANON, 403, 200, 200, 200, 200), given=(subscribed,)),
     # Stripe is unreachable here (the test settings point it at a closed port): roles that
     # may open the Stripe-hosted page get the 503 that says so; the page itself is tested
-    # against localstripe in billing/tests/test_stripe_push.py.
+    # against localstripe in billing/tests/stripe/test_push.py.
     Row("post", "offices/{A}/payment-method-session/",     (ANON, 403, 503, 404, 403, 503), body=lambda c: {}),
     Row("get", "audit-events/export/",                     (ANON, 403, 200, 200, 200, 200), given=(subscribed,)),
 ]
@@ -242,7 +242,7 @@ def request(client: Client, method: str, path: str, body: dict[str, Any] | None 
 @pytest.mark.parametrize(("row", "role"), CELLS)
 def test_it_answers_each_role_as_the_matrix_says(world: World, row: Row, role: str, settings: Any) -> None:
     # Each cell runs inside the test's transaction; the gateway's refusal to call Stripe
-    # inside one (tested in billing/tests/test_stripe_push.py) is lifted for the matrix.
+    # inside one (tested in billing/tests/stripe/test_push.py) is lifted for the matrix.
     settings.STRIPE_ALLOW_IN_TRANSACTION = True
     ctx = dict(world.ctx)
     for step in row.given:

@@ -51,7 +51,7 @@ EXAMPLES_PER_OPERATION = 5  # per pass and per user: keeps the whole run well un
 CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance]
 PASSWORD = "pw-schemathesis-1234"
 METHOD_ORDER = {"get": 0, "post": 1, "patch": 2, "delete": 3}
-# Operations that call Stripe synchronously: billing/tests/test_stripe_push.py runs them
+# Operations that call Stripe synchronously: billing/tests/stripe/test_push.py runs them
 # against localstripe (billing/stripe/gateway.py refuses calls inside a transaction, and
 # this test runs in one).
 STRIPE_BACKED = {"/api/v1/offices/{office_id}/payment-method-session/"}

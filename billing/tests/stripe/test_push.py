@@ -1,5 +1,5 @@
 """Pushing finalized invoices to Stripe — over HTTP, with the real stripe-python client,
-against our extended localstripe (billing/localstripe_ext.py)."""
+against our extended localstripe (devtools/localstripe/)."""
 
 from __future__ import annotations
 
