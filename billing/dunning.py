@@ -32,8 +32,6 @@ from offices.models import Office, SubscriptionStatus
 
 logger = logging.getLogger("billing.dunning")
 
-DUNNING_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.SUSPENDED)
-
 
 def past_due_invoices(office_id: int) -> Q:
     """Open invoices of the office that are past due (drafts are never due)."""

@@ -93,11 +93,6 @@ def install() -> None:
         _installed = True
 
 
-def forget_accounts() -> None:
-    """Drop the in-memory account ids (tests empty the database between tests)."""
-    _account_ids.clear()
-
-
 @dataclass(frozen=True)
 class MirrorResult:
     ok: bool
