@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from offices.timezones import default_timezone
 
 
 class Company(models.Model):
@@ -51,7 +52,7 @@ class Office(models.Model):
     company = models.ForeignKey(Company, null=True, blank=True, on_delete=models.PROTECT, related_name="offices")
     name = models.CharField(max_length=200, db_index=True)
     billing_email = models.EmailField()
-    timezone = models.CharField(max_length=64, default=settings.BILLING_DEFAULT_TIMEZONE)
+    timezone = models.CharField(max_length=64, default=default_timezone)
 
     subscription_status = models.CharField(
         max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.NONE, db_index=True

@@ -28,6 +28,28 @@ def _clean_email(value: str) -> str:
     return value
 
 
+def _clean_office_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The checks office_create and office_update share: each bad value is a 400 naming
+    its field, before anything is written."""
+    cleaned = dict(fields)
+    if "name" in fields:
+        name = fields["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise ApplicationError("'name' is required.", {"field": "name"})
+        cleaned["name"] = name.strip()
+    if "collection_method" in fields and fields["collection_method"] not in CollectionMethod.values:
+        raise ApplicationError(
+            f"'collection_method' must be one of {', '.join(CollectionMethod.values)}.", {"field": "collection_method"}
+        )
+    if "days_until_due" in fields:
+        days = fields["days_until_due"]
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ApplicationError(
+                "'days_until_due' must be a whole number of at least 1.", {"field": "days_until_due"}
+            )
+    return cleaned
+
+
 @transaction.atomic
 def office_create(
     *,
@@ -40,25 +62,12 @@ def office_create(
     actor: Any = None,
 ) -> Office:
     """Create an office with a validated time zone and collection method (spec §1, §2); audited."""
-    if not name or not name.strip():
-        raise ApplicationError("'name' is required.", {"field": "name"})
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = _clean_office_fields(
+        {"name": name, "collection_method": collection_method, "days_until_due": days_until_due}
+    )
     if timezone is not None:
         fields["timezone"] = validate_timezone(timezone)
-    if collection_method not in CollectionMethod.values:
-        raise ApplicationError(
-            f"'collection_method' must be one of {', '.join(CollectionMethod.values)}.", {"field": "collection_method"}
-        )
-    if isinstance(days_until_due, bool) or not isinstance(days_until_due, int) or days_until_due < 1:
-        raise ApplicationError("'days_until_due' must be a whole number of at least 1.", {"field": "days_until_due"})
-    office = Office.objects.create(
-        name=name.strip(),
-        billing_email=_clean_email(billing_email),
-        company=company,
-        collection_method=collection_method,
-        days_until_due=days_until_due,
-        **fields,
-    )
+    office = Office.objects.create(billing_email=_clean_email(billing_email), company=company, **fields)
     audit_record(
         action="office.created", actor=actor, target=office, office_id=office.pk, data={"timezone": office.timezone}
     )
@@ -78,11 +87,12 @@ def office_update(*, office: Office, actor: Any = None, **changes: Any) -> Offic
         changes["timezone"] = validate_timezone(changes["timezone"])
         if office.subscription_status not in (SubscriptionStatus.NONE, SubscriptionStatus.CANCELED):
             raise ConflictError(
-                f"Office '{office.name}' has a {office.subscription_status} subscription: its time zone cannot change "
-                "until the subscription is canceled."
+                f"Office '{office.name}' has a subscription ({office.subscription_status}): "
+                "its time zone cannot change until the subscription is canceled."
             )
     if "billing_email" in changes:
         _clean_email(changes["billing_email"])
+    changes = _clean_office_fields(changes)
     before = {k: str(getattr(office, k)) for k in changes}
     identity_changed = any(k in ("name", "billing_email") and getattr(office, k) != v for k, v in changes.items())
     for key, value in changes.items():
