@@ -137,15 +137,18 @@ class SubscriptionView:
 
 @transaction.atomic
 def subscription_create(*, office: Office, plan_code: str, actor: Any = None) -> Office:
-    """Subscribe (spec §4, §8): with a trial (once per office) → `trialing` until 00:00
-    local `trial_days` later; without → `active`, anchored on today's local date, the
-    first cycle opening now (and the setup fee with it)."""
+    """Subscribe (spec §4, §7, §8), after catching the office up: with a trial (on the
+    office's first subscription only) → `trialing` until 00:00 local `trial_days` later;
+    without → `active`, anchored on today's local date, the first cycle opening now (and
+    the setup fee with it if no cycle ever opened for the office)."""
     office = lock_office(office.pk)
+    now = timezone.now()
+    advance_all(office=office, as_of=now)  # a passed cancellation no run has processed yet
     plan = _active_plan(plan_code)
     if office.subscription_status not in (SubscriptionStatus.NONE, SubscriptionStatus.CANCELED):
         raise ConflictError(f"Office '{office.name}' already has a subscription ({office.subscription_status}).")
     tz = zone(office.timezone)
-    now = timezone.now()
+    first_subscription = office.subscribed_at is None
     _freeze_plan(plan)
     PlanChange.objects.create(
         office=office, plan=plan, kind=PlanChangeKind.SUBSCRIBE, requested_at=now, requested_by=_user(actor)
@@ -155,7 +158,8 @@ def subscription_create(*, office: Office, plan_code: str, actor: Any = None) ->
     office.subscribed_at = now
     office.cancel_at_period_end = False
     office.canceled_at = None
-    trial = plan.trial_days > 0 and not office.trial_used
+    # A trial once per office, and only on its first subscription (spec §7).
+    trial = plan.trial_days > 0 and first_subscription and not office.trial_used
     if trial:
         office.trial_ends_at = trial_end(now, plan.trial_days, tz)
         office.billing_cycle_anchor_date = local_date(office.trial_ends_at, tz)

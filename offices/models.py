@@ -63,6 +63,9 @@ class Office(models.Model):
     subscribed_at = models.DateTimeField(null=True, blank=True)
     trial_ends_at = models.DateTimeField(null=True, blank=True, db_index=True)
     trial_used = models.BooleanField(default=False)
+    # When the first cycle that ever opened for the office opened (spec §7: the setup fee
+    # goes with it). Kept even if a same-instant cancel discards that cycle's draft.
+    first_cycle_opened_at = models.DateTimeField(null=True, blank=True)
     cancel_at_period_end = models.BooleanField(default=False)
     canceled_at = models.DateTimeField(null=True, blank=True)
     past_due_since = models.DateTimeField(null=True, blank=True)

@@ -25,7 +25,9 @@ def open_cycle(*, office: Office, start: datetime, stats: AdvanceStats) -> Invoi
     tz = zone(office.timezone)
     end = next_boundary_after(office.billing_cycle_anchor_date, start, tz)
     plan = plan_in_force(office=office, cycle_start=start)
-    first_cycle_ever = not Invoice.objects.filter(office=office, kind=InvoiceKind.CYCLE).exists()
+    # Decided by what ever opened, not by the invoices left: a same-instant immediate
+    # cancel discards its draft, and the office's first cycle has still opened (spec §7).
+    first_cycle_ever = office.first_cycle_opened_at is None
     invoice = Invoice.objects.create(
         office=office,
         kind=InvoiceKind.CYCLE,
@@ -42,6 +44,9 @@ def open_cycle(*, office: Office, start: datetime, stats: AdvanceStats) -> Invoi
         )
     stats.next_boundary = end
     fields = []
+    if first_cycle_ever:
+        office.first_cycle_opened_at = start
+        fields.append("first_cycle_opened_at")
     if office.current_plan_id != plan.pk:
         office.current_plan = plan
         fields.append("current_plan")
