@@ -1,10 +1,12 @@
-"""Invoice documents: HTML template → PDF (weasyprint). No PHI: patients by billing ref."""
+"""Invoice documents: HTML template → PDF (weasyprint). No PHI: patients by billing ref.
+Dates are the office's local dates (billing/dates.py)."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from billing.dates import local_day, local_minute
 from billing.models import Invoice
 from billing.money import format_cents
 
@@ -18,6 +20,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     """Render an invoice as a PDF from templates/billing/invoice.html (spec §9, §10)."""
     from weasyprint import HTML  # imported lazily: it loads pango at import time
 
+    tz = invoice.office.timezone
     lines = [
         {
             "kind": line.kind.replace("_", " "),
@@ -37,6 +40,15 @@ def invoice_pdf(invoice: Invoice) -> bytes:
             "vendor": settings.BILLING_VENDOR,
             "is_draft": invoice.status == "draft",
             "lines": lines,
+            "zone": tz,
+            "period": (
+                f"{local_minute(invoice.period_start, tz)} to {local_minute(invoice.period_end, tz)}"
+                if invoice.period_start and invoice.period_end
+                else None
+            ),
+            "issued": local_day(invoice.finalized_at, tz) if invoice.finalized_at else None,
+            "due": local_day(invoice.due_at, tz) if invoice.due_at else None,
+            "paid": local_day(invoice.paid_at, tz) if invoice.paid_at else None,
             "subtotal": money(invoice.subtotal_cents, invoice.currency),
             "total": money(invoice.total_cents, invoice.currency),
         },

@@ -208,6 +208,7 @@ class InvoiceSummary:
     invoice_id: int
     office_id: int
     office: str
+    timezone: str
     number: str | None
     kind: str
     kind_label: str
@@ -251,6 +252,7 @@ def _summaries(invoice_ids: Sequence[int]) -> list[InvoiceSummary]:
             invoice_id=inv.pk,
             office_id=inv.office_id,
             office=inv.office.name,
+            timezone=inv.office.timezone,
             number=inv.number,
             kind=inv.kind,
             kind_label=inv.get_kind_display(),

@@ -21,6 +21,7 @@ from django.db.models import Count, F
 
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
+from billing.dates import local_period
 from billing.engine.labels import PATIENT_GROUP_LABEL
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, PushState
 from billing.stripe.gateway import Gateway, GatewayError
@@ -43,7 +44,7 @@ def stripe_items(invoice: Invoice) -> list[StripeItem]:
     """Patient lines aggregated per (kind, unit price); other lines one item each."""
     period = ""
     if invoice.period_start and invoice.period_end:
-        period = f", {invoice.period_start:%Y-%m-%d} to {invoice.period_end:%Y-%m-%d}"
+        period = f", {local_period(invoice.period_start, invoice.period_end, invoice.office.timezone)}"
     items: list[StripeItem] = []
     groups = (
         LineItem.objects.filter(invoice=invoice, kind__in=PATIENT_LINE_KINDS)

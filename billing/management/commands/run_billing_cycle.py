@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from billing.dates import local_day
 from billing.engine.office import AdvanceStats
 from billing.engine.run import RunReport, billing_run, billing_run_preview, billing_run_report
 from billing.models import InvoiceStatus
@@ -73,8 +74,8 @@ class Command(BaseCommand):
             out.write("-" * len(header))
             for row in report.finalized:
                 number = "(would number)" if report.dry_run or not row.number else row.number
-                period = (
-                    f"{row.period_start:%Y-%m-%d}..{row.period_end:%Y-%m-%d}"
+                period = (  # the office's local dates (spec §2)
+                    f"{local_day(row.period_start, row.timezone)}..{local_day(row.period_end, row.timezone)}"
                     if row.period_start and row.period_end
                     else "-"
                 )
