@@ -28,6 +28,7 @@ from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
     BillingRun,
+    BillingRunChunk,
     BillingRunError,
     Invoice,
     InvoiceNumberSequence,
@@ -316,6 +317,15 @@ class BillingRunErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
     can_delete = False
 
 
+class BillingRunChunkInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = BillingRunChunk
+    fields = ("seq", "office_ids", "deliveries", "done_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+
 RUN_FIGURES = (
     "offices_due",
     "offices_done",
@@ -345,7 +355,7 @@ class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         *RUN_FIGURES,
     )
     readonly_fields = fields
-    inlines = (BillingRunErrorInline,)
+    inlines = (BillingRunChunkInline, BillingRunErrorInline)
 
 
 @admin.register(BillingRunError)
@@ -354,6 +364,13 @@ class BillingRunErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("run", "office")
     list_filter = ("office",)
     search_fields = ("office__name", "message")
+
+
+@admin.register(BillingRunChunk)
+class BillingRunChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "run", "seq", "deliveries", "done_at")
+    list_select_related = ("run",)
+    list_filter = (("done_at", admin.EmptyFieldListFilter),)
 
 
 # --- Billing actions on offices --------------------------------------------------------

@@ -265,6 +265,25 @@ class BillingRun(models.Model):
         return f"run #{self.pk} as of {self.as_of:%Y-%m-%d %H:%M}Z ({self.status})"
 
 
+class BillingRunChunk(models.Model):
+    """One chunk of a run's offices, as handed to one Celery task. `done_at` is set once,
+    by a conditional update: a chunk delivered twice counts once, and the run closes only
+    when no chunk is left undone (spec §6)."""
+
+    run = models.ForeignKey(BillingRun, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    office_ids = models.JSONField()
+    deliveries = models.PositiveIntegerField(default=0)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="billing_run_chunk_once")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} chunk {self.seq}"
+
+
 class BillingRunError(models.Model):
     """An office the run could not bill (its transaction rolled back; the next run retries)."""
 

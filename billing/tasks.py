@@ -13,7 +13,13 @@ from django.utils import timezone
 
 from audit.context import audit_source
 from billing.dunning import dunning_run
-from billing.engine.run import billing_run_finish_if_done, billing_run_process, billing_run_start, offices_due
+from billing.engine.run import (
+    billing_run_finish_if_done,
+    billing_run_process,
+    billing_run_start,
+    billing_runs_fail_stalled,
+    offices_due,
+)
 from billing.models import BillingRun
 from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks with the worker
     customer_sync_task,
@@ -29,6 +35,7 @@ def billing_run_tick(self: Any) -> int | None:
     """Hourly (beat): find the due offices and fan out one task per chunk of them (spec §6)."""
     with audit_source(task_id=str(self.request.id or "")):
         as_of = timezone.now()
+        billing_runs_fail_stalled(now=as_of)
         if settings.STRIPE_PUSH_ENABLED:
             enqueue_pending_pushes()
         due = offices_due(as_of=as_of)
@@ -36,20 +43,19 @@ def billing_run_tick(self: Any) -> int | None:
             return None
         size = max(1, settings.BILLING_RUN_CHUNK_SIZE)
         chunks = [due[i : i + size] for i in range(0, len(due), size)]
-        run = billing_run_start(
-            as_of=as_of, trigger="beat", office_ids=None, offices_due_count=len(due), chunks=len(chunks)
-        )
-        for chunk in chunks:
-            billing_run_chunk.delay(run.pk, chunk)
+        run = billing_run_start(as_of=as_of, trigger="beat", office_ids=None, offices_due_count=len(due), chunks=chunks)
+        for seq, chunk in enumerate(chunks):
+            billing_run_chunk.delay(run.pk, chunk, seq)
         return run.pk
 
 
 @shared_task(name="billing.tasks.billing_run_chunk", bind=True, acks_late=True)
-def billing_run_chunk(self: Any, run_id: int, office_ids: list[int]) -> None:
-    """One chunk of a beat run's offices; the last chunk in closes the run (spec §6)."""
+def billing_run_chunk(self: Any, run_id: int, office_ids: list[int], chunk_seq: int | None = None) -> None:
+    """One chunk of a beat run's offices; safe to deliver twice; the last chunk done
+    closes the run (spec §6)."""
     with audit_source(task_id=str(self.request.id or "")):
         run = BillingRun.objects.get(pk=run_id)
-        billing_run_process(run=run, office_ids=office_ids)
+        billing_run_process(run=run, office_ids=office_ids, chunk_seq=chunk_seq)
         billing_run_finish_if_done(run_id)
 
 

@@ -9,15 +9,24 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import audit_record, deferred_sealing
 from billing.engine.advance import advance_one
 from billing.engine.office import AdvanceStats, lock_office
-from billing.models import BillingRun, BillingRunError, BillingRunStatus, Invoice, InvoiceKind, InvoiceStatus
+from billing.models import (
+    BillingRun,
+    BillingRunChunk,
+    BillingRunError,
+    BillingRunStatus,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+)
 from config.errors import ApplicationError
 from offices.models import Office, SubscriptionStatus
 
@@ -62,15 +71,23 @@ def offices_due(*, as_of: datetime, office_ids: Iterable[int] | None = None) -> 
 
 
 def billing_run_start(
-    *, as_of: datetime, trigger: str, office_ids: Sequence[int] | None, offices_due_count: int, chunks: int = 1
+    *,
+    as_of: datetime,
+    trigger: str,
+    office_ids: Sequence[int] | None,
+    offices_due_count: int,
+    chunks: Sequence[Sequence[int]],
 ) -> BillingRun:
-    """Record a run and its due offices; audited (spec §6)."""
+    """Record a run, its due offices and its chunks (one row each); audited (spec §6)."""
     run = BillingRun.objects.create(
         as_of=as_of,
         trigger=trigger,
         office_filter=list(office_ids) if office_ids is not None else None,
         offices_due=offices_due_count,
-        chunks_total=chunks,
+        chunks_total=len(chunks),
+    )
+    BillingRunChunk.objects.bulk_create(
+        [BillingRunChunk(run=run, seq=seq, office_ids=list(ids)) for seq, ids in enumerate(chunks)]
     )
     audit_record(
         action="billing_run.started",
@@ -95,24 +112,50 @@ def process_office(*, office_id: int, as_of: datetime) -> AdvanceStats:
             return total
 
 
+def _chunk_of(run: BillingRun, office_ids: Sequence[int], seq: int | None) -> BillingRunChunk | None:
+    chunks = BillingRunChunk.objects.filter(run=run)
+    if seq is not None:
+        return chunks.filter(seq=seq).first()
+    wanted = list(office_ids)  # a message queued before chunks were numbered
+    return next((c for c in chunks.filter(done_at__isnull=True) if c.office_ids == wanted), None)
+
+
 def billing_run_process(
-    *, run: BillingRun, office_ids: Sequence[int], progress: Callable[[int, AdvanceStats], None] | None = None
+    *,
+    run: BillingRun,
+    office_ids: Sequence[int],
+    progress: Callable[[int, AdvanceStats], None] | None = None,
+    chunk_seq: int | None = None,
 ) -> AdvanceStats:
     """Process a chunk of offices for `run`. A failing office is recorded and skipped (its
-    open transaction rolled back; the next run retries it); the others go on."""
+    open transaction rolled back; the next run retries it); the others go on.
+
+    Safe to deliver twice: the work figures add what this delivery did (an invoice is
+    finalized by one delivery only, under its office's lock), and the chunk is marked done
+    once, by a conditional update, which alone counts its offices and errors."""
+    chunk_row = _chunk_of(run, office_ids, chunk_seq)
+    if chunk_row is not None:
+        BillingRunChunk.objects.filter(pk=chunk_row.pk).update(deliveries=F("deliveries") + 1)
     chunk = AdvanceStats()
     done = errors = 0
     with deferred_sealing():
         done, errors = _process_all(run=run, office_ids=office_ids, chunk=chunk, progress=progress)
-    BillingRun.objects.filter(pk=run.pk).update(
-        offices_done=F("offices_done") + done,
-        invoices_finalized=F("invoices_finalized") + chunk.finalized,
-        invoices_opened=F("invoices_opened") + chunk.opened,
-        lines_created=F("lines_created") + chunk.lines,
-        amount_finalized_cents=F("amount_finalized_cents") + chunk.amount_finalized_cents,
-        error_count=F("error_count") + errors,
-        chunks_done=F("chunks_done") + 1,
-    )
+    with transaction.atomic():
+        BillingRun.objects.filter(pk=run.pk).update(
+            invoices_finalized=F("invoices_finalized") + chunk.finalized,
+            invoices_opened=F("invoices_opened") + chunk.opened,
+            lines_created=F("lines_created") + chunk.lines,
+            amount_finalized_cents=F("amount_finalized_cents") + chunk.amount_finalized_cents,
+        )
+        first_to_finish = chunk_row is None or bool(
+            BillingRunChunk.objects.filter(pk=chunk_row.pk, done_at__isnull=True).update(done_at=timezone.now())
+        )
+        if first_to_finish:
+            BillingRun.objects.filter(pk=run.pk).update(
+                offices_done=F("offices_done") + done,
+                error_count=F("error_count") + errors,
+                chunks_done=F("chunks_done") + 1,
+            )
     return chunk
 
 
@@ -151,8 +194,9 @@ def _process_all(
 def billing_run_finish_if_done(run_id: int) -> BillingRun | None:
     """Close the run once all its chunks are in (exactly once: a conditional update)."""
     now = timezone.now()
+    undone = BillingRunChunk.objects.filter(run=OuterRef("pk"), done_at__isnull=True)
     closed = BillingRun.objects.filter(
-        Q(pk=run_id), Q(status=BillingRunStatus.RUNNING), Q(chunks_done__gte=F("chunks_total"))
+        Q(pk=run_id), Q(status=BillingRunStatus.RUNNING), Q(chunks_done__gte=F("chunks_total")), ~Exists(undone)
     ).update(status=BillingRunStatus.FINISHED, finished_at=now)
     if not closed:
         return None
@@ -174,6 +218,31 @@ def billing_run_finish_if_done(run_id: int) -> BillingRun | None:
     return run
 
 
+def billing_runs_fail_stalled(*, now: datetime | None = None) -> list[int]:
+    """Mark runs still `running` after BILLING_RUN_STALL_AFTER_MINUTES failed (a chunk task
+    was lost, or its worker died for good): audited and logged, once each. Their offices
+    are due again, so the next hourly run bills them (spec §6)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(minutes=settings.BILLING_RUN_STALL_AFTER_MINUTES)
+    failed: list[int] = []
+    for run in BillingRun.objects.filter(status=BillingRunStatus.RUNNING, started_at__lt=cutoff).order_by("pk"):
+        if not BillingRun.objects.filter(pk=run.pk, status=BillingRunStatus.RUNNING).update(
+            status=BillingRunStatus.FAILED, finished_at=now
+        ):
+            continue  # another worker got there first
+        pending = list(run.chunks.filter(done_at__isnull=True).values_list("seq", flat=True))
+        logger.error("billing run %s stalled: chunks %s never finished; marked failed", run.pk, pending)
+        audit_record(
+            action="billing_run.stalled",
+            target=run,
+            outcome=Outcome.FAILURE,
+            reason="chunks_not_done",
+            data={"as_of": run.as_of.isoformat(), "chunks_pending": pending, "started_at": run.started_at.isoformat()},
+        )
+        failed.append(run.pk)
+    return failed
+
+
 def billing_run(
     *,
     as_of: datetime | str | None = None,
@@ -189,10 +258,12 @@ def billing_run(
         if missing:
             raise ApplicationError(f"No office with id {', '.join(map(str, sorted(missing)))}.")
     due = offices_due(as_of=as_of_dt, office_ids=office_ids)
-    run = billing_run_start(as_of=as_of_dt, trigger=trigger, office_ids=office_ids, offices_due_count=len(due))
+    run = billing_run_start(
+        as_of=as_of_dt, trigger=trigger, office_ids=office_ids, offices_due_count=len(due), chunks=[due]
+    )
     if on_start is not None:
         on_start(len(due))
-    billing_run_process(run=run, office_ids=due, progress=progress)
+    billing_run_process(run=run, office_ids=due, progress=progress, chunk_seq=0)
     billing_run_finish_if_done(run.pk)
     run.refresh_from_db()
     return run

@@ -106,6 +106,8 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)
 BILLING_DEFAULT_TIMEZONE = env("BILLING_DEFAULT_TIMEZONE", default="America/New_York")
 BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="usd").lower()
 BILLING_RUN_CHUNK_SIZE = env.int("BILLING_RUN_CHUNK_SIZE", default=200)
+# A run still running this long after it started has lost a chunk: it is marked failed.
+BILLING_RUN_STALL_AFTER_MINUTES = env.int("BILLING_RUN_STALL_AFTER_MINUTES", default=120)
 
 # Where Stripe-hosted payment-method pages send the office back.
 BILLING_PORTAL_RETURN_URL = env.str("BILLING_PORTAL_RETURN_URL", default="http://127.0.0.1:8000/")
