@@ -258,11 +258,15 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         pending = queryset.filter(push_state__in=[PushState.PENDING, PushState.FAILED]).order_by("pk")
         for invoice in pending:
             try:
-                invoice_push(invoice_id=invoice.pk)
+                pushed = invoice_push(invoice_id=invoice.pk)
             except GatewayError as exc:
                 self.message_user(request, f"{invoice}: Stripe refused or is unavailable ({exc}).", messages.WARNING)
             else:
-                self.message_user(request, f"{invoice}: pushed.", messages.SUCCESS)
+                if pushed.push_state == PushState.PUSHED:
+                    self.message_user(request, f"{invoice}: pushed.", messages.SUCCESS)
+                else:
+                    reason = pushed.push_error or "another push or void of it is in progress"
+                    self.message_user(request, f"{invoice}: not pushed ({reason}).", messages.WARNING)
         if not pending:
             self.message_user(request, "No selected invoice is waiting for a Stripe push.", messages.INFO)
 

@@ -130,6 +130,9 @@ class Invoice(models.Model):
     push_state = models.CharField(max_length=16, choices=PushState.choices, default=PushState.NOT_REQUIRED)
     push_attempts = models.PositiveIntegerField(default=0)
     push_error = models.CharField(max_length=500, blank=True, default="")
+    # A push or a void sync in flight holds this claim (a conditional UPDATE) until it ends
+    # or the time passes: the two never run at once for one invoice (spec §8).
+    push_claimed_until = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -13,18 +13,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import Count, F, Q
+from django.utils import timezone
 
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
 from billing.dates import local_period
 from billing.engine.labels import PATIENT_GROUP_LABEL
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, PushState
-from billing.stripe.gateway import Gateway, GatewayError
+from billing.phi_guard import PhiRefused, phi_check
+from billing.stripe.gateway import Gateway, GatewayError, Transient
 from offices.models import CollectionMethod, Office
 
 logger = logging.getLogger("billing.stripe")
@@ -119,24 +122,115 @@ def _item_keys_on(stripe_invoice: Any) -> set[str]:
     return keys
 
 
+# How long a push or a void sync may hold an invoice's claim. Longer than any one push
+# (a few requests with their retries); a claim whose holder died lapses after it.
+PUSH_CLAIM = timedelta(minutes=10)
+
+
+class ClaimBusy(Transient):
+    """Another push or void sync of this invoice is in flight: retried later."""
+
+
+def _claim(invoice_id: int) -> bool:
+    """Take the invoice's push claim (a conditional UPDATE: at most one holder)."""
+    now = timezone.now()
+    free = Q(push_claimed_until__isnull=True) | Q(push_claimed_until__lt=now)
+    return bool(Invoice.objects.filter(free, pk=invoice_id).update(push_claimed_until=now + PUSH_CLAIM))
+
+
+def _release(invoice_id: int) -> None:
+    Invoice.objects.filter(pk=invoice_id).update(push_claimed_until=None)
+
+
+def push_claim_free() -> Q:
+    """Invoices whose push nobody holds now (the hourly re-enqueue skips the others)."""
+    return Q(push_claimed_until__isnull=True) | Q(push_claimed_until__lt=timezone.now())
+
+
+class _VoidedMidPush(Exception):
+    """The invoice was voided locally while its push ran: stop writing to Stripe."""
+
+
+def _stop_if_voided(invoice_id: int) -> None:
+    if Invoice.objects.filter(pk=invoice_id, status=InvoiceStatus.VOID).exists():
+        raise _VoidedMidPush
+
+
+def _payloads_refused(invoice: Invoice, office: Office) -> PhiRefused | None:
+    """Every text the push would send, checked before the first write: a refusal half-way
+    would leave a half-made Stripe draft behind (spec §9)."""
+    try:
+        phi_check(
+            office=office,
+            fields={
+                "customer": {"name": office.name, "email": office.billing_email},
+                "invoice": {"number": invoice.number, "metadata": {"invoice_id": str(invoice.pk)}},
+                "items": [{"description": item.description, "item_key": item.key} for item in stripe_items(invoice)],
+            },
+        )
+    except PhiRefused as exc:
+        return exc
+    return None
+
+
+def _refuse_push(invoice: Invoice, office: Office, refused: PhiRefused) -> Invoice:
+    message = (
+        f"Not sent: the PHI guard refused {refused.kind.replace('_', ' ')} in {refused.field_name}. "
+        "Nothing reached Stripe; void the invoice and bill it again without patient details."
+    )
+    Invoice.objects.filter(pk=invoice.pk).update(push_state=PushState.FAILED, push_error=message[:500])
+    audit_record(
+        action="phi_guard.refused",
+        target=office,
+        office_id=office.pk,
+        outcome=Outcome.DENIED,
+        reason=f"{refused.kind} in {refused.field_name}",
+        data={"context": "stripe_push", "invoice_id": invoice.pk, "field": refused.field_name, "kind": refused.kind},
+    )
+    logger.error(
+        "invoice %s: push refused by the PHI guard (%s in %s)", invoice.number, refused.kind, refused.field_name
+    )
+    invoice.refresh_from_db()
+    return invoice
+
+
 def invoice_push(*, invoice_id: int, gateway: Gateway | None = None) -> Invoice:
-    """Bring the Stripe side of one finalized invoice up to date. Safe to call again."""
+    """Bring the Stripe side of one finalized invoice up to date (spec §8). Safe to call
+    again, and never at the same time as another push or a void sync of the invoice: each
+    holds the invoice's claim, and the status is re-read before creating and before
+    finalizing, so a void that lands mid-push stops it before Stripe can collect."""
     if transaction.get_connection().in_atomic_block:
         raise RuntimeError("invoice_push runs outside transactions (spec §8)")
-    invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
+    if not _claim(invoice_id):
+        return Invoice.objects.get(pk=invoice_id)  # in flight elsewhere: that holder finishes it
+    try:
+        return _claimed_push(invoice_id=invoice_id, gateway=gateway)
+    finally:
+        _release(invoice_id)
+
+
+def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
+    invoice = Invoice.objects.select_related("office").get(pk=invoice_id)  # re-read under the claim
     if invoice.push_state not in (PushState.PENDING, PushState.FAILED):
         return invoice
     if invoice.status == InvoiceStatus.VOID:
         return invoice  # voided before it reached Stripe: invoice_void_sync settles it
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
-    gw = gateway or Gateway()
     office = invoice.office
+    refused = _payloads_refused(invoice, office)
+    if refused is not None:
+        return _refuse_push(invoice, office, refused)
+    gw = gateway or Gateway()
     first_attempt = invoice.push_attempts == 0 and invoice.stripe_invoice_id is None
     # Counted before calling Stripe: an attempt that dies half-way is known to the next one.
     Invoice.objects.filter(pk=invoice.pk).update(push_attempts=F("push_attempts") + 1)
     try:
         stripe_id = _push(invoice=invoice, office=office, gateway=gw, first_attempt=first_attempt)
+    except _VoidedMidPush:
+        logger.info("invoice %s voided during its push: stopped; the void sync settles Stripe", invoice.number)
+        invoice.refresh_from_db()
+        return invoice
     except GatewayError as exc:
         Invoice.objects.filter(pk=invoice.pk).update(
             push_state=PushState.PENDING if exc.transient else PushState.FAILED, push_error=str(exc)[:500]
@@ -172,6 +266,7 @@ def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: 
         # longer ago than Stripe keeps idempotency keys: look it up before creating one.
         stripe_id = _find_existing(gateway, customer_id, invoice)
     if stripe_id is None:
+        _stop_if_voided(invoice.pk)
         params: dict[str, Any] = {
             "customer": customer_id,
             "collection_method": office.collection_method,
@@ -204,6 +299,7 @@ def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: 
                 },
                 key=f"{key}:item:{item.key}",
             )
+        _stop_if_voided(invoice.pk)  # finalizing starts automatic collection
         current = gateway.invoice_finalize(stripe_invoice_id=stripe_id, key=f"{key}:finalize")
     if int(current["total"]) != invoice.total_cents:
         audit_record(
@@ -238,7 +334,17 @@ def customer_sync(*, office_id: int, gateway: Gateway | None = None) -> None:
 
 
 def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> None:
-    """Carry a local void to Stripe, so that Stripe never collects a voided invoice."""
+    """Carry a local void to Stripe, so that Stripe never collects a voided invoice. Waits
+    for a push in flight (ClaimBusy is transient: the task retries), then sees what it did."""
+    if not _claim(invoice_id):
+        raise ClaimBusy(f"invoice {invoice_id}: a push is in flight; the void sync retries")
+    try:
+        _claimed_void_sync(invoice_id=invoice_id, gateway=gateway)
+    finally:
+        _release(invoice_id)
+
+
+def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
     invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
     if invoice.status != InvoiceStatus.VOID:
         return

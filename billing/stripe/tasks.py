@@ -16,7 +16,7 @@ from django.utils import timezone
 from audit.context import audit_source
 from billing.models import Invoice, PushState
 from billing.stripe.gateway import Transient
-from billing.stripe.push import customer_sync, invoice_push, invoice_void_sync
+from billing.stripe.push import customer_sync, invoice_push, invoice_void_sync, push_claim_free
 
 # Backoff stays under Redis' visibility timeout (3600 s).
 RETRY = {"autoretry_for": (Transient,), "retry_backoff": 5, "retry_backoff_max": 600, "max_retries": 8}
@@ -32,10 +32,11 @@ def invoice_push_task(self: Any, invoice_id: int) -> str | None:
 
 
 def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), limit: int = 5000) -> int:
-    """Re-enqueue pushes that no task finished (a broker outage, retries exhausted)."""
+    """Re-enqueue pushes that no task finished (a broker outage, retries exhausted); not
+    those in flight now, nor those the PHI guard refused (`failed`, shown to operators)."""
     cutoff = timezone.now() - older_than
     ids = list(
-        Invoice.objects.filter(push_state=PushState.PENDING, finalized_at__lt=cutoff)
+        Invoice.objects.filter(push_claim_free(), push_state=PushState.PENDING, finalized_at__lt=cutoff)
         .order_by("finalized_at")
         .values_list("pk", flat=True)[:limit]
     )
