@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -22,8 +23,10 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.services import audit_record
+from billing.engine.cycles import zone
 from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
@@ -38,9 +41,9 @@ from billing.models import (
     PushState,
     StripeEvent,
 )
-from billing.money import format_cents
+from billing.money import cents_to_major, format_cents, major_to_cents
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
-from billing.stripe.events import invoice_mark_paid_out_of_band
+from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
 from billing.stripe.push import invoice_push
 from config.admin_mixins import ReadOnlyAdminMixin
@@ -184,6 +187,38 @@ INVOICE_FIELDS = (
 )
 
 
+class OutOfBandPaymentForm(forms.Form):
+    """A cheque, wire or other payment received outside Stripe, as the operator reads it:
+    the amount in major units of the invoice's currency, the date in the office's zone."""
+
+    method = forms.ChoiceField(choices=list(PAYMENT_METHODS.items()))
+    reference = forms.CharField(max_length=80, required=False, help_text="Cheque number, wire reference…")
+    received_on = forms.DateField(help_text="The date the payment was received (YYYY-MM-DD).")
+    amount = forms.DecimalField(min_value=0, max_digits=14, decimal_places=2)
+    note = forms.CharField(max_length=120, required=False)
+
+    def __init__(self, *args: Any, invoice: Invoice, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.invoice = invoice
+        self.fields["amount"].label = f"Amount ({invoice.currency.upper()})"
+        if not self.is_bound:
+            self.initial["amount"] = cents_to_major(invoice.total_cents, invoice.currency)
+            self.initial["received_on"] = timezone.now().astimezone(zone(invoice.office.timezone)).date()
+
+    def clean_amount(self) -> Decimal:
+        amount: Decimal = self.cleaned_data["amount"]
+        try:
+            self.cleaned_data["amount_cents"] = major_to_cents(amount, self.invoice.currency)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return amount
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        cleaned.setdefault("amount_cents", None)
+        return cleaned
+
+
 @admin.register(Invoice)
 class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: finalized content is frozen (spec §6) and drafts belong to the engine."""
@@ -238,19 +273,44 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
 
     @admin.action(description="Record payment made outside Stripe (cheque, wire)", permissions=("void",))
-    def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        # A changelist action runs outside a transaction, as Stripe calls must (spec §8).
-        """Record the selected invoices as paid outside Stripe (spec §8)."""
-        done: list[str] = []
-        for invoice in queryset.order_by("pk"):
+    def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        """Record a payment made outside Stripe — method, reference, date received and
+        amount — for one invoice (spec §8). Runs outside a transaction, as Stripe calls must."""
+        invoices = list(queryset.select_related("office")[:2])
+        if len(invoices) != 1:
+            self.message_user(request, "Select exactly one invoice to record a payment for.", messages.ERROR)
+            return None
+        invoice = invoices[0]
+        form = OutOfBandPaymentForm(request.POST if "apply" in request.POST else None, invoice=invoice)
+        if form.is_bound and form.is_valid():
+            data = form.cleaned_data
             try:
-                invoice_mark_paid_out_of_band(invoice=invoice, actor=request.user, note="recorded in the admin")
+                paid = invoice_mark_paid_out_of_band(
+                    invoice=invoice,
+                    actor=request.user,
+                    method=data["method"],
+                    reference=data["reference"],
+                    received_on=data["received_on"],
+                    amount_cents=data["amount_cents"],
+                    note=data["note"],
+                )
             except (ApplicationError, GatewayError) as exc:
-                self.message_user(request, f"{invoice}: {getattr(exc, 'message', exc)}", messages.WARNING)
+                field = (getattr(exc, "extra", None) or {}).get("field")
+                form.add_error(field if field in form.fields else None, getattr(exc, "message", str(exc)))
             else:
-                done.append(str(invoice))
-        if done:
-            self.message_user(request, f"Recorded as paid out of band: {', '.join(done)}.", messages.SUCCESS)
+                self.message_user(request, f"{paid}: recorded as paid ({paid.payment_note}).", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[paid.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Record a payment outside Stripe for {invoice}",
+            "opts": self.model._meta,
+            "invoice": invoice,
+            "total": format_cents(invoice.total_cents, invoice.currency),
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/billing/out_of_band_payment.html", context)
 
     @admin.action(description="Push pending invoices to Stripe now", permissions=("void",))
     def push_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:

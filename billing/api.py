@@ -114,8 +114,10 @@ class SubscriptionView(NoStoreMixin, APIView):
 
     @extend_schema(responses=SubscriptionSerializer)
     def get(self, request: Request, office_id: int) -> Response:
-        """The office's subscription (spec §10)."""
-        return self._respond(self._access(request, office_id))
+        """The office's subscription (spec §10); the read is audited (spec §9)."""
+        access = self._access(request, office_id)
+        audit_record(action="subscription.viewed", actor=request.user, target=access.office, office_id=access.office.pk)
+        return self._respond(access)
 
     @extend_schema(request=SubscriptionWriteSerializer, responses={201: SubscriptionSerializer})
     def post(self, request: Request, office_id: int) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 ZERO_DECIMAL_CURRENCIES = frozenset(
     "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
 )
@@ -19,3 +21,19 @@ def format_cents(cents: int | None, currency: str, *, symbol: bool = True) -> st
     number = f"{units:,}" if code in ZERO_DECIMAL_CURRENCIES else f"{units // 100:,}.{units % 100:02d}"
     prefix = CURRENCY_SYMBOLS.get(code, "") if symbol else ""
     return f"{sign}{prefix}{number} {code.upper()}".strip()
+
+
+def major_to_cents(amount: Decimal, currency: str) -> int:
+    """What a person typed in major units ("1,450.50") → minor units, exactly: refused if
+    it has more decimals than the currency has (no rounding, ever)."""
+    places = 0 if (currency or "").lower() in ZERO_DECIMAL_CURRENCIES else 2
+    scaled = amount * (10**places)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} has more than {places} decimal places for {currency.upper()}")
+    return int(scaled)
+
+
+def cents_to_major(cents: int, currency: str) -> Decimal:
+    """Minor units → the exact major-unit amount a person types ("1450.50")."""
+    places = 0 if (currency or "").lower() in ZERO_DECIMAL_CURRENCIES else 2
+    return Decimal(int(cents)).scaleb(-places)

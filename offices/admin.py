@@ -14,6 +14,7 @@ from typing import Any, cast
 from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db import models, transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -22,7 +23,7 @@ from guardian.shortcuts import get_users_with_perms
 
 from audit.services import audit_record
 from config.errors import ApplicationError
-from offices.models import Company, Office, Role
+from offices.models import COMPLIANCE_AUDITOR_GROUP, Company, Office, Role
 from offices.services import office_create, office_member_grant, office_member_revoke, office_update
 
 User = get_user_model()
@@ -284,3 +285,68 @@ class OfficeAdmin(ServiceAdminMixin, admin.ModelAdmin):
         if data.get("grant_user") and data.get("grant_role"):
             office_member_grant(office=office, user=data["grant_user"], role=data["grant_role"], actor=request.user)
         return office
+
+
+# --- Operators and auditors: who may see everything is audited (spec §9) -------------
+
+OPERATOR_FLAGS = ("is_staff", "is_superuser", "is_active")
+
+
+class AuditedUserAdmin(DjangoUserAdmin):
+    """Django's user admin, with every change of operator status (`is_staff`,
+    `is_superuser`, `is_active`), group membership (the compliance-auditor group among
+    them) and direct permissions audited with the operator who made it (spec §9)."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        before = User.objects.filter(pk=obj.pk).values(*OPERATOR_FLAGS).first() if change and obj.pk else None
+        super().save_model(request, obj, form, change)
+        after = {flag: getattr(obj, flag) for flag in OPERATOR_FLAGS}
+        if before is None:
+            audit_record(
+                action="user.created", actor=request.user, target=obj, data={"username": obj.username, **after}
+            )
+            return
+        changes = {flag: [before[flag], after[flag]] for flag in OPERATOR_FLAGS if before[flag] != after[flag]}
+        if changes:
+            audit_record(
+                action="user.operator_status_changed",
+                actor=request.user,
+                target=obj,
+                data={"username": obj.username, "changes": changes},
+            )
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        user = form.instance
+        groups_before = set(user.groups.values_list("name", flat=True))
+        perms_before = set(user.user_permissions.values_list("codename", flat=True))
+        super().save_related(request, form, formsets, change)
+        groups_after = set(user.groups.values_list("name", flat=True))
+        perms_after = set(user.user_permissions.values_list("codename", flat=True))
+        if groups_after != groups_before:
+            audit_record(
+                action="user.groups_changed",
+                actor=request.user,
+                target=user,
+                data={
+                    "username": user.username,
+                    "added": sorted(groups_after - groups_before),
+                    "removed": sorted(groups_before - groups_after),
+                    "auditor": COMPLIANCE_AUDITOR_GROUP in groups_after,
+                },
+            )
+        if perms_after != perms_before:
+            audit_record(
+                action="user.permissions_changed",
+                actor=request.user,
+                target=user,
+                data={
+                    "username": user.username,
+                    "added": sorted(perms_after - perms_before),
+                    "removed": sorted(perms_before - perms_after),
+                },
+            )
+
+
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, AuditedUserAdmin)

@@ -101,7 +101,9 @@ class IntervalOpenFilter(admin.SimpleListFilter):
 
 
 @admin.register(ActivationInterval)
-class ActivationIntervalAdmin(RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class ActivationIntervalAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    audit_read_action = "activation_history"
+
     list_display = ("id", "billing_ref", "office", "activated_at", "deactivated_at")
     list_filter = ("office", IntervalOpenFilter)
     list_select_related = ("patient", "office")

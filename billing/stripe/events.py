@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from django.db import transaction
@@ -28,8 +28,10 @@ from django.utils import timezone
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
 from billing.dunning import office_payment_state_refresh
+from billing.engine.cycles import zone
 from billing.engine.office import lock_office
 from billing.models import Invoice, InvoiceStatus, PushState
+from billing.money import format_cents
 from billing.phi_guard import audited_refusals, phi_check
 from billing.services import invoice_void
 from billing.stripe.gateway import Gateway, Permanent
@@ -289,8 +291,71 @@ def _apply(*, event: VerifiedEvent, invoice_id: int, stripe_invoice_id: str, cur
 # --- Payments made outside Stripe ------------------------------------------------------
 
 
+PAYMENT_METHODS = {
+    "cheque": "Cheque",
+    "wire": "Wire transfer",
+    "ach": "ACH transfer",
+    "cash": "Cash",
+    "other": "Other",
+}
+
+
+def _payment_details(
+    invoice: Invoice, *, method: str | None, reference: str, received_on: date | None, amount_cents: int | None
+) -> dict[str, Any]:
+    """How, with what reference, when and how much the office paid: checked before anything
+    is written, each refusal naming its field."""
+    details: dict[str, Any] = {}
+    if method is not None:
+        if method not in PAYMENT_METHODS:
+            raise ApplicationError(f"'method' must be one of {', '.join(PAYMENT_METHODS)}.", {"field": "method"})
+        details["method"] = method
+    reference = (reference or "").strip()
+    if reference:
+        details["reference"] = reference
+    if received_on is not None:
+        tz = zone(invoice.office.timezone)
+        today = timezone.now().astimezone(tz).date()
+        issued = invoice.finalized_at.astimezone(tz).date() if invoice.finalized_at else None
+        if received_on > today:
+            raise ApplicationError(f"The payment date {received_on} is in the future.", {"field": "received_on"})
+        if issued is not None and received_on < issued:
+            raise ApplicationError(
+                f"The payment date {received_on} is before the invoice was issued ({issued}).",
+                {"field": "received_on"},
+            )
+        details["received_on"] = received_on.isoformat()
+    if amount_cents is not None:
+        if amount_cents != invoice.total_cents:
+            raise ApplicationError(
+                f"The amount must be the invoice's total, {format_cents(invoice.total_cents, invoice.currency)}: "
+                "partial payments are not recorded yet.",
+                {"field": "amount"},
+            )
+        details["amount_cents"] = amount_cents
+    return details
+
+
+def _payment_note(details: dict[str, Any], note: str) -> str:
+    parts = [PAYMENT_METHODS[details["method"]]] if "method" in details else []
+    if "reference" in details:
+        parts.append(details["reference"])
+    if "received_on" in details:
+        parts.append(f"received {details['received_on']}")
+    text = " ".join(parts)
+    return f"{text} — {note}" if text and note else (text or note)
+
+
 def invoice_mark_paid_out_of_band(
-    *, invoice: Invoice, actor: Any, note: str, gateway: Gateway | None = None
+    *,
+    invoice: Invoice,
+    actor: Any,
+    note: str = "",
+    method: str | None = None,
+    reference: str = "",
+    received_on: date | None = None,
+    amount_cents: int | None = None,
+    gateway: Gateway | None = None,
 ) -> Invoice:
     """Record a payment made outside Stripe (cheque, wire): the Stripe invoice is marked
     `paid_out_of_band` (so Stripe never charges it), then the local invoice is paid, with
@@ -300,12 +365,15 @@ def invoice_mark_paid_out_of_band(
     so the two sides never disagree about whether it exists."""
     if transaction.get_connection().in_atomic_block:
         raise RuntimeError("invoice_mark_paid_out_of_band calls Stripe: run it outside transactions (spec §8)")
-    note = (note or "").strip()
-    if not note:
-        raise ApplicationError("A note is required (e.g. the cheque or wire reference).")
-    if len(note) > PAYMENT_NOTE_MAX:
-        raise ApplicationError(f"The note is limited to {PAYMENT_NOTE_MAX} characters.")
     invoice = Invoice.objects.select_related("office").get(pk=invoice.pk)
+    details = _payment_details(
+        invoice, method=method, reference=reference, received_on=received_on, amount_cents=amount_cents
+    )
+    note = _payment_note(details, (note or "").strip())
+    if not note:
+        raise ApplicationError("A note is required (e.g. the cheque or wire reference).", {"field": "note"})
+    if len(note) > PAYMENT_NOTE_MAX:
+        raise ApplicationError(f"The note is limited to {PAYMENT_NOTE_MAX} characters.", {"field": "note"})
     with audited_refusals(office_id=invoice.office_id, actor=actor, context="invoice_mark_paid_out_of_band"):
         phi_check(office=invoice.office, fields={"payment_note": note})
     if invoice.status not in FORWARD:
@@ -327,11 +395,11 @@ def invoice_mark_paid_out_of_band(
             raise ConflictError(
                 f"Invoice {invoice} is {status} in Stripe: a payment outside Stripe cannot be recorded for it."
             )
-    return _record_out_of_band(invoice_id=invoice.pk, actor=actor, note=note)
+    return _record_out_of_band(invoice_id=invoice.pk, actor=actor, note=note, details=details)
 
 
 @transaction.atomic
-def _record_out_of_band(*, invoice_id: int, actor: Any, note: str) -> Invoice:
+def _record_out_of_band(*, invoice_id: int, actor: Any, note: str, details: dict[str, Any]) -> Invoice:
     office = lock_office(Invoice.objects.values_list("office_id", flat=True).get(pk=invoice_id))
     invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
     now = timezone.now()
@@ -352,6 +420,7 @@ def _record_out_of_band(*, invoice_id: int, actor: Any, note: str) -> Invoice:
             "total_cents": invoice.total_cents,
             "currency": invoice.currency,
             "stripe_invoice_id": invoice.stripe_invoice_id,
+            **details,
         },
     )
     office_payment_state_refresh(office=office, now=now)
