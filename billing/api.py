@@ -7,7 +7,6 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -22,9 +21,9 @@ from billing.models import Invoice, InvoiceKind, InvoiceStatus, LineItem, Plan
 from billing.selectors import invoices_for_office, payment_status
 from billing.stripe import sessions as stripe_sessions
 from config.api import NoStoreMixin, Pagination
-from config.errors import ApplicationError, PermissionDeniedError
+from config.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from offices.models import Role
-from offices.selectors import Access, holds_role_anywhere, is_operator, office_access, require
+from offices.selectors import Access, holds_role_anywhere, is_operator, object_access, office_access, require
 
 # One trillion cents: far above any real price, far below what a 64-bit column holds
 # (bigger numbers are a 400 here, not a database overflow).
@@ -225,9 +224,16 @@ class OfficeInvoicesView(NoStoreMixin, ListAPIView[Invoice]):
 
 
 def _invoice_access(request: Request, invoice_id: int) -> tuple[Invoice, Access]:
-    invoice = get_object_or_404(Invoice.objects.select_related("office"), pk=invoice_id)
-    access = office_access(request.user, invoice.office_id)
-    require(access, access.billing, "view invoices")
+    invoice = Invoice.objects.select_related("office").filter(pk=invoice_id).first()
+    if invoice is None:
+        raise NotFoundError("Invoice not found.")
+    access = object_access(
+        request.user,
+        invoice.office_id,
+        allowed=lambda access: access.billing,
+        what="view invoices",
+        not_found="Invoice not found.",
+    )
     return invoice, access
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,22 @@ def office_access(user: Any, office_id: int | str) -> Access:
     if not (operator or auditor or roles):
         raise NotFoundError("Office not found.")
     return Access(office=office, operator=operator, auditor=auditor, roles=roles)
+
+
+def object_access(user: Any, office_id: int, *, allowed: Callable[[Access], bool], what: str, not_found: str) -> Access:
+    """For endpoints addressed by an object's id (a patient, an invoice): a caller who may
+    not act on it and holds no role in its office (an auditor) gets exactly the 404 of an id
+    that does not exist, so ids cannot be enumerated across offices; a member of the office
+    gets the 403 that names the action."""
+    try:
+        access = office_access(user, office_id)
+    except NotFoundError:
+        raise NotFoundError(not_found) from None
+    if not allowed(access):
+        if not access.roles and not access.operator:
+            raise NotFoundError(not_found)
+        require(access, False, what)
+    return access
 
 
 def require(access: Access, allowed: bool, what: str) -> None:

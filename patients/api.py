@@ -17,7 +17,7 @@ from audit.services import audit_record
 from billing.services import patient_activate, patient_deactivate
 from config.api import NoStoreMixin, Pagination
 from config.errors import NotFoundError
-from offices.selectors import office_access, require
+from offices.selectors import object_access, office_access, require
 from patients.models import ActivationInterval, Patient
 from patients.services import patient_create
 
@@ -125,8 +125,13 @@ class _PatientAction(NoStoreMixin, APIView):
         patient = Patient.objects.filter(pk=patient_id).first()
         if patient is None:
             raise NotFoundError("Patient not found.")
-        access = office_access(request.user, patient.office_id)
-        require(access, access.staff, f"{self.action_name} patients")
+        object_access(
+            request.user,
+            patient.office_id,
+            allowed=lambda access: access.staff,
+            what=f"{self.action_name} patients",
+            not_found="Patient not found.",
+        )
         self._run(patient, request)
         patient = with_is_active(Patient.objects.filter(pk=patient.pk)).get()
         return Response(PatientSerializer(patient).data)

@@ -210,11 +210,13 @@ MATRIX: list[Row] = [
     # (minimum necessary), like the auditor.
     Row("get", "offices/{A}/patients/",                    (ANON, 200, 403, 404, 403, 200), given=(active_patient,)),
     Row("post", "offices/{A}/patients/",                   (ANON, 201, 403, 404, 403, 403), body=lambda c: NEW_PATIENT),
-    Row("post", "patients/{pid}/activate/",                (ANON, 200, 403, 404, 403, 403), given=(inactive_patient,)),
-    Row("post", "patients/{pid}/deactivate/",              (ANON, 200, 403, 404, 403, 403), given=(active_patient,)),
+    # An object addressed by id answers an auditor (no role in its office) as if it did not
+    # exist, so ids cannot be enumerated across offices (issue 8, item 18).
+    Row("post", "patients/{pid}/activate/",                (ANON, 200, 403, 404, 404, 403), given=(inactive_patient,)),
+    Row("post", "patients/{pid}/deactivate/",              (ANON, 200, 403, 404, 404, 403), given=(active_patient,)),
     Row("get", "offices/{A}/invoices/",                    (ANON, 403, 200, 404, 403, 200), given=(subscribed,)),
-    Row("get", "invoices/{inv}/",                          (ANON, 403, 200, 404, 403, 200), given=(subscribed,)),
-    Row("get", "invoices/{inv}/pdf/",                      (ANON, 403, 200, 404, 403, 200), given=(subscribed,)),
+    Row("get", "invoices/{inv}/",                          (ANON, 403, 200, 404, 404, 200), given=(subscribed,)),
+    Row("get", "invoices/{inv}/pdf/",                      (ANON, 403, 200, 404, 404, 200), given=(subscribed,)),
     Row("get", "offices/{A}/payment-status/",              (ANON, 403, 200, 404, 403, 200), given=(subscribed,)),
     Row("post", "offices/{A}/one-off-invoices/",           (ANON, 403, 403, 404, 403, 201), given=(subscribed,),
         body=lambda c: ONE_OFF),
@@ -474,3 +476,20 @@ def test_it_treats_a_superuser_as_an_operator_without_clinical_access(world: Wor
         assert request(client, "post", "offices/{A}/patients/".format(**ctx), NEW_PATIENT).status_code == 403
         assert request(client, "post", f"patients/{fresh}/activate/").status_code == 403
         assert request(client, "post", "patients/{pid}/deactivate/".format(**ctx)).status_code == 403
+
+
+# --- Ids cannot be enumerated (issue 8, item 18) -----------------------------------------
+
+
+@pytest.mark.parametrize("who", ["auditor", "other_admin"])
+def test_it_answers_an_existing_object_it_hides_exactly_like_a_missing_one(world: World, who: str) -> None:
+    ctx = {**subscribed(world), **active_patient(world)}
+    client = world.client(who)
+    for existing, missing, method in (
+        (f"invoices/{ctx['inv']}/", "invoices/987654/", "get"),
+        (f"invoices/{ctx['inv']}/pdf/", "invoices/987654/pdf/", "get"),
+        (f"patients/{ctx['pid']}/deactivate/", "patients/987654/deactivate/", "post"),
+    ):
+        hidden, absent = request(client, method, existing), request(client, method, missing)
+        assert (hidden.status_code, hidden.json()) == (absent.status_code, absent.json()), existing
+        assert hidden.status_code == 404 and "Office" not in hidden.json()["message"]

@@ -204,7 +204,7 @@ def test_it_deactivates_and_reactivates_by_appending_history(world: World) -> No
 def test_it_hides_another_offices_patient_from_activation(world: World) -> None:
     for action in ("activate", "deactivate"):
         body = error(call(world.other, "post", f"patients/{world.patient.pk}/{action}/"), 404)
-        assert body["message"] == "Office not found."
+        assert body["message"] == "Patient not found."  # exactly what a missing id answers
         assert error(call(world.other, "post", f"patients/987654/{action}/"), 404)["message"] == "Patient not found."
     assert not ActivationInterval.objects.filter(patient=world.patient).exists()
 
