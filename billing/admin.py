@@ -40,6 +40,7 @@ from billing.models import (
     PlanChange,
     PushState,
     StripeEvent,
+    WebhookRejectionWindow,
 )
 from billing.money import cents_to_major, format_cents, major_to_cents
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
@@ -329,6 +330,16 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                     self.message_user(request, f"{invoice}: not pushed ({reason}).", messages.WARNING)
         if not pending:
             self.message_user(request, "No selected invoice is waiting for a Stripe push.", messages.INFO)
+
+
+@admin.register(WebhookRejectionWindow)
+class WebhookRejectionWindowAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Rejected webhook deliveries counted per source, reason and minute."""
+
+    list_display = ("window_start", "source_ip", "reason", "count", "last_at", "summarized_at")
+    list_filter = ("reason",)
+    search_fields = ("source_ip", "reason")
+    date_hierarchy = "window_start"
 
 
 @admin.register(StripeEvent)

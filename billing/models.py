@@ -302,6 +302,31 @@ class BillingRunError(models.Model):
         return f"run {self.run_id} office {self.office_id}"
 
 
+class WebhookRejectionWindow(models.Model):
+    """Rejected webhook deliveries of one source and reason within one minute: the first
+    is audited, the rest are counted here, and the count is audited once the minute is over
+    (`webhook.rejections_summarized`), so a flood of forgeries cannot flood the trail."""
+
+    source_ip = models.CharField(max_length=45, blank=True, default="")
+    reason = models.CharField(max_length=100)
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=1)
+    last_at = models.DateTimeField()
+    summarized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-window_start", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_ip", "reason", "window_start"], name="webhook_rejection_window_once"
+            )
+        ]
+        indexes = [models.Index(fields=["summarized_at", "window_start"])]
+
+    def __str__(self) -> str:
+        return f"{self.count} × {self.reason} from {self.source_ip or '?'} at {self.window_start:%Y-%m-%d %H:%M}Z"
+
+
 class StripeEventStatus(models.TextChoices):
     RECEIVED = "received"  # recorded and claimed by the worker reacting to it
     PROCESSED = "processed"

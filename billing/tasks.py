@@ -28,6 +28,7 @@ from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks wi
     invoice_void_sync_task,
     reconcile_stripe_task,
 )
+from billing.stripe.webhooks import webhook_rejections_summarize
 
 
 @shared_task(name="billing.tasks.billing_run_tick", bind=True)
@@ -65,4 +66,5 @@ def dunning_tick(self: Any) -> dict[str, int]:
     past due longer than the grace period are suspended; paid-up offices are active again
     (spec §8)."""
     with audit_source(task_id=str(self.request.id or "")):
+        webhook_rejections_summarize()  # the counts of floods of rejected webhooks, once a minute is over
         return asdict(dunning_run())

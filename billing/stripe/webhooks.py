@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -38,9 +38,10 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from audit.context import current_source
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
-from billing.models import StripeEvent, StripeEventStatus
+from billing.models import StripeEvent, StripeEventStatus, WebhookRejectionWindow
 from billing.stripe.djstripe_adapter import mirror_event, redact
 from billing.stripe.events import NotAnEvent, VerifiedEvent, stripe_event_react
 
@@ -120,20 +121,72 @@ def _read_body(request: HttpRequest) -> bytes:
     return body
 
 
+def _first_in_window(reason: str, now: datetime) -> bool:
+    """Count the rejection in its (source, reason, minute) window; True if it opened it."""
+    source = current_source().source_ip or ""
+    window = now.replace(second=0, microsecond=0)
+    try:
+        with transaction.atomic():
+            WebhookRejectionWindow.objects.create(
+                source_ip=source, reason=reason[:100], window_start=window, last_at=now
+            )
+    except IntegrityError:
+        WebhookRejectionWindow.objects.filter(source_ip=source, reason=reason[:100], window_start=window).update(
+            count=F("count") + 1, last_at=now
+        )
+        return False
+    return True
+
+
+def webhook_rejections_summarize(*, now: datetime | None = None) -> int:
+    """Audit the count of every closed minute that rejected more than one delivery (once
+    each, by a conditional update). Runs on each new window and hourly (beat)."""
+    now = now or timezone.now()
+    current = now.replace(second=0, microsecond=0)
+    done = 0
+    for window in WebhookRejectionWindow.objects.filter(summarized_at__isnull=True, window_start__lt=current):
+        if not WebhookRejectionWindow.objects.filter(pk=window.pk, summarized_at__isnull=True).update(
+            summarized_at=now
+        ):
+            continue
+        if window.count > 1:
+            audit_record(
+                action="webhook.rejections_summarized",
+                actor_type=ActorType.SYSTEM,
+                target_type="stripe.event",
+                outcome=Outcome.DENIED,
+                reason=window.reason,
+                data={
+                    "source_ip": window.source_ip or None,
+                    "window_start": window.window_start.isoformat(),
+                    "count": window.count,
+                    "last_at": window.last_at.isoformat(),
+                },
+            )
+            done += 1
+    return done
+
+
 def _reject(request: HttpRequest, rejected: Rejected, *, size: int | None) -> HttpResponse:
-    audit_record(
-        action="webhook.rejected",
-        actor_type=ActorType.SYSTEM,
-        target_type="stripe.event",
-        target_id=rejected.event_id or None,
-        outcome=Outcome.DENIED,
-        reason=rejected.reason,
-        data={
-            "status": rejected.status,
-            "bytes": size,
-            "signature_header": "Stripe-Signature" in request.headers,
-        },
-    )
+    """Answer a rejected delivery. The first of its source and reason in a minute is
+    audited; the others are counted and audited as one summary (spec §9: no flood)."""
+    now = timezone.now()
+    if _first_in_window(rejected.reason, now):
+        webhook_rejections_summarize(now=now)
+        audit_record(
+            action="webhook.rejected",
+            actor_type=ActorType.SYSTEM,
+            target_type="stripe.event",
+            target_id=rejected.event_id or None,
+            outcome=Outcome.DENIED,
+            reason=rejected.reason,
+            data={
+                "status": rejected.status,
+                "bytes": size,
+                "signature_header": "Stripe-Signature" in request.headers,
+                "window_start": now.replace(second=0, microsecond=0).isoformat(),
+            },
+        )
     logger.warning("Stripe webhook rejected: %s", rejected.reason)
     return JsonResponse({"error": rejected.reason}, status=rejected.status)
 
