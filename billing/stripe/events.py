@@ -212,7 +212,9 @@ def _apply(*, event: VerifiedEvent, invoice_id: int, stripe_invoice_id: str, cur
 
     if remote in FORWARD.get(invoice.status, frozenset()):
         if remote == InvoiceStatus.PAID:
-            out_of_band = bool(_field(current, "paid_out_of_band"))
+            # The pinned API version reports a payment outside Stripe as an amount; the
+            # `paid_out_of_band` of older versions is only a parameter of /pay now.
+            out_of_band = int(_field(current, "amount_paid_off_stripe") or 0) > 0
             invoice.status = InvoiceStatus.PAID
             invoice.paid_at = _transition_ts(current, "paid_at") or min(event.created, now)
             fields = ["status", "paid_at", "updated_at"]
@@ -391,7 +393,7 @@ def invoice_mark_paid_out_of_band(
                 key=f"invoice:{invoice.pk}:paid_out_of_band",
                 out_of_band=True,
             )
-        elif not (status == "paid" and _field(remote, "paid_out_of_band")):
+        elif not (status == "paid" and int(_field(remote, "amount_paid_off_stripe") or 0) > 0):
             raise ConflictError(
                 f"Invoice {invoice} is {status} in Stripe: a payment outside Stripe cannot be recorded for it."
             )

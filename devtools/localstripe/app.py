@@ -185,7 +185,11 @@ def install() -> None:
     ls.Invoice.amount_remaining = property(_invoice_amount_remaining)
     ls.Invoice.next_payment_attempt = property(_invoice_next_payment_attempt)
     ls.Invoice.paid = property(lambda self: self.status == "paid")
-    ls.Invoice.paid_out_of_band = property(lambda self: bool(self._paid_out_of_band))
+    ls.Invoice.paid_out_of_band = property(lambda self: bool(self._paid_out_of_band))  # dj-stripe 2.11 reads it
+    # What the pinned API version reports instead: the amount paid outside Stripe.
+    ls.Invoice.amount_paid_off_stripe = property(
+        lambda self: int(self.amount_due) if self._paid_out_of_band and self.status == "paid" else 0
+    )
     ls.Invoice.subtotal_excluding_tax = property(lambda self: self.subtotal)
     ls.Invoice.total_excluding_tax = property(lambda self: self.total - self.tax)
     ls.Invoice.total_taxes = property(lambda self: [])
