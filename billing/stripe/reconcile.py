@@ -33,6 +33,7 @@ logger = logging.getLogger("billing.reconcile")
 # Stripe creates its invoice when we push, shortly after finalization; list from a margin
 # before the oldest finalization.
 LIST_MARGIN = timedelta(days=1)
+UNSETTLED = (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
 # A push still pending this long after finalization is reported (normally seconds).
 PUSH_OVERDUE = timedelta(hours=1)
 
@@ -41,7 +42,9 @@ PUSH_OVERDUE = timedelta(hours=1)
 class Mismatch:
     """One field where a local invoice and Stripe disagree."""
 
-    field: str  # amount | currency | status | customer | missing_in_stripe | not_pushed | duplicate | unknown_in_stripe
+    # amount | currency | status | customer | amount_remaining | past_due | missing_in_stripe |
+    # not_pushed | duplicate | unknown_in_stripe
+    field: str
     local: str
     stripe: str
     invoice_id: int | None = None
@@ -121,6 +124,16 @@ def _compare(invoice: Invoice, remote: Any, customer_id: str) -> list[Mismatch]:
     remote_customer = _ref(_get(remote, "customer"))
     if remote_customer != customer_id:
         found.append(mismatch("customer", customer_id, remote_customer))
+    if status == invoice.status:  # when the statuses differ, that one mismatch says it
+        remaining = _get(remote, "amount_remaining")
+        local_remaining = invoice.total_cents if invoice.status in UNSETTLED else 0
+        if remaining is not None and int(remaining) != local_remaining:
+            found.append(mismatch("amount_remaining", local_remaining, remaining))
+    attempts = int(_get(remote, "attempt_count") or 0)
+    if status == "open" and attempts > 0 and invoice.status == InvoiceStatus.OPEN and invoice.past_due_at is None:
+        # Stripe tried to collect and failed, and we never heard (a webhook missed):
+        # locally the office looks paid up (spec §8 dunning would mark it past due).
+        found.append(mismatch("past_due", "not past due", f"{attempts} failed payment attempt(s)"))
     return found
 
 

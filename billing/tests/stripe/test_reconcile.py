@@ -189,3 +189,36 @@ def test_the_daily_task_runs_only_where_stripe_is_in_use(settings, stripe_env):
     assert reconcile_stripe_task.apply().get() == 1  # the setup fee was never pushed
     [entry] = audits("reconciliation.mismatch")
     assert entry.reason == "not_pushed" and entry.task_id
+
+
+def test_it_reports_failed_attempts_no_webhook_told_us_about(stripe_env):
+    """Issue 8, item 9: payments that failed while our endpoint was not listening left
+    Stripe with attempted, unpaid invoices while locally nothing was past due, and
+    reconciliation said "No mismatches"."""
+    url = stripe_env
+    office = billed_office(patients=2)
+    gateway = Gateway(client(api_base=url))
+    customer_id = with_card(url, office, gateway, card="pm_card_chargeCustomerFail")
+    pushed = push_all(office, gateway)
+    wait_for(
+        lambda: len(events_of(url, customer_id, {"invoice.payment_failed"})) == len(pushed),
+        what="both automatic payments to fail",
+    )  # the events are never delivered
+    report = reconcile_stripe(gateway=gateway)
+    past_due = {m.invoice_id: m for m in report.mismatches if m.field == "past_due"}
+    assert set(past_due) == {invoice.pk for invoice in pushed}
+    assert all(m.local == "not past due" and "failed payment attempt" in m.stripe for m in past_due.values())
+    assert {e.reason for e in audits("reconciliation.mismatch")} == {"past_due"}
+
+
+def test_it_reports_an_amount_still_due_that_stripe_says_is_settled(stripe_env):
+    url = stripe_env
+    office = billed_office(patients=1, collection_method=CollectionMethod.SEND_INVOICE)
+    gateway = Gateway(client(api_base=url))
+    cycle, setup = push_all(office, gateway)
+    # Stripe marked it paid out of band (a dashboard action) and the webhook was lost, and
+    # someone re-opened nothing locally: statuses differ → one status mismatch, no noise.
+    stripe_post(url, f"/v1/invoices/{setup.stripe_invoice_id}/pay", paid_out_of_band="true")
+    report = reconcile_stripe(gateway=gateway)
+    fields = sorted(m.field for m in report.mismatches if m.invoice_id == setup.pk)
+    assert fields == ["status"]
