@@ -294,12 +294,15 @@ def main() -> int:
         if not wait_for_port(localstripe, stripe_port, stop):
             return _finish(children, stop, failed="localstripe")
         register_webhook(stripe_port, web_port, env)
-        celery_argv = [str(BIN / "celery"), "-A", "config", "worker", "-B", "--pool=solo", "--loglevel=INFO"]
-        children.append(Child("celery", celery_argv, env))
+        # The web server (our webhook endpoint) listens before the worker pushes anything:
+        # otherwise Stripe's first events (a failed payment) reach nobody and the office
+        # looks paid up here while Stripe has attempted and failed (issue 8, item 9).
         web = Child("web", [python, "manage.py", "runserver", f"{HOST}:{web_port}"], env)
         children.append(web)
         if not wait_for_port(web, web_port, stop):
             return _finish(children, stop, failed="web")
+        celery_argv = [str(BIN / "celery"), "-A", "config", "worker", "-B", "--pool=solo", "--loglevel=INFO"]
+        children.append(Child("celery", celery_argv, env))
         banner(web_port, stripe_port, env)
 
         while True:

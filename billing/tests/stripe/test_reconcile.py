@@ -215,7 +215,7 @@ def test_it_reports_an_amount_still_due_that_stripe_says_is_settled(stripe_env):
     url = stripe_env
     office = billed_office(patients=1, collection_method=CollectionMethod.SEND_INVOICE)
     gateway = Gateway(client(api_base=url))
-    cycle, setup = push_all(office, gateway)
+    _cycle, setup = push_all(office, gateway)
     # Stripe marked it paid out of band (a dashboard action) and the webhook was lost, and
     # someone re-opened nothing locally: statuses differ → one status mismatch, no noise.
     stripe_post(url, f"/v1/invoices/{setup.stripe_invoice_id}/pay", paid_out_of_band="true")
