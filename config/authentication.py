@@ -10,16 +10,22 @@ it are in config/auth_api.py.
   django-auditlog the actor (its middleware runs before DRF authenticates a token).
 - Throttles count in the shared cache (settings `CACHES`) and key on the validated client
   IP (audit.middleware.client_ip, which honours `TRUSTED_PROXY_COUNT`) or on the user.
+  They fail open: with the cache unreachable (Redis down) a request is let through
+  unthrottled, not answered 500, and a warning is logged at most once a minute.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from typing import Any
 
 from auditlog.context import auditlog_value
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication
 from knox.models import AuthToken
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
@@ -54,10 +60,55 @@ class TokenAuthentication(KnoxTokenAuthentication):
 
 # --- Throttling -----------------------------------------------------------------------
 
+logger = logging.getLogger(__name__)
+
+# What an unreachable cache raises: redis-py's errors (connection refused, timeouts, a
+# server still loading), and socket errors from any backend. Django's Redis backend does
+# not wrap them. (The default database cache fails with the database, and so does the API.)
+CACHE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+
+
+class CacheDownWarning:
+    """Logs "the throttle cache is down" at most once per interval, counting the rest."""
+
+    def __init__(self, interval_seconds: float = 60.0) -> None:
+        self.interval_seconds = interval_seconds
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._held_back = 0
+
+    def emit(self, scope: str | None, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.interval_seconds:
+                self._held_back += 1
+                return
+            held_back, self._held_back, self._last = self._held_back, 0, now
+        more = f" ({held_back} more since the last warning)" if held_back else ""
+        logger.warning(
+            "Throttle cache unreachable, failing open (requests are not rate-limited until it is back): "
+            "scope %s, %s: %s%s",
+            scope,
+            type(exc).__name__,
+            exc,
+            more,
+        )
+
+
+_cache_down = CacheDownWarning()
+
 
 class _Throttle(SimpleRateThrottle):
     """Reads its rate when used (DRF binds the rates at import; tests and env overrides
-    change them later)."""
+    change them later), and fails open when the cache is unreachable."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except CACHE_ERRORS as exc:
+            # A cache outage must not take the API down with it: let the request through.
+            _cache_down.emit(self.scope, exc)
+            return True
 
     def get_rate(self) -> str | None:
         rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope or "")

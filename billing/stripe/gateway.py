@@ -1,7 +1,9 @@
 """The one module that talks to Stripe (spec §8, §9).
 
 - One pinned API version, keys and base URL only from the environment (settings).
-- A TLS floor of 1.2 on the HTTP client; certificate verification always on.
+- A TLS floor of 1.2 on the HTTP client; certificate verification always on. Plain HTTP
+  has no TLS to put a floor on: a client speaks it only to an http:// base (localstripe)
+  under the development or test settings (or DEBUG), and never after a redirect.
 - Explicit timeouts and retries; every POST carries an idempotency key derived from a
   local row and a step, so a retry — by stripe-python, Celery or an operator — can never
   create a second object.
@@ -13,15 +15,17 @@ Nothing here runs inside a database transaction: callers commit first (billing.s
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import requests
 import stripe
-from django.conf import settings
+from django.conf import ENVIRONMENT_VARIABLE, settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
-from requests.adapters import HTTPAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
 
 from audit.models import Outcome
 from audit.services import audit_record
@@ -91,9 +95,51 @@ class Tls12Adapter(HTTPAdapter):
         return super().proxy_manager_for(*args, **kwargs)
 
 
-def http_session(*, ca_file: str | None = None) -> requests.Session:
+class PlainHttpRefused(requests.exceptions.InvalidSchema):
+    """A request over plain HTTP from a session that speaks TLS only (not retried)."""
+
+
+class _RefusePlainHttp(BaseAdapter):
+    """Mounted on http:// unless plain HTTP is allowed: nothing leaves in clear, whether
+    the URL came from the base or from a redirect."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        raise PlainHttpRefused(f"refused to send a request to Stripe over plain HTTP: {request.url}")
+
+    def close(self) -> None:
+        pass
+
+
+# Where localstripe over plain http:// is expected (with DEBUG too). Production refuses a
+# non-https STRIPE_API_BASE at start-up already (config/settings/production.py).
+_PLAIN_HTTP_SETTINGS = frozenset({"config.settings.local", "config.settings.test"})
+_TEST_SETTINGS = "config.settings.test"
+
+
+def _settings_module() -> str:
+    """The settings module Django was started with. Not `settings.SETTINGS_MODULE`: under
+    override_settings (every test that changes a setting) that reads None."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "")
+
+
+def _plain_http(base: str | None) -> bool:
+    """Whether `base` is plain HTTP, refusing it where it is not expected."""
+    if not base or not base.strip().lower().startswith("http://"):
+        return False
+    if settings.DEBUG or _settings_module() in _PLAIN_HTTP_SETTINGS:
+        return True
+    raise ImproperlyConfigured(
+        f"STRIPE_API_BASE {base!r} is plain HTTP (no TLS, so no TLS floor): only localstripe in "
+        "development or tests may be reached that way. Use https://, or leave it empty for Stripe's own."
+    )
+
+
+def http_session(*, ca_file: str | None = None, allow_plain_http: bool = False) -> requests.Session:
+    """TLS 1.2+ on https://; plain http:// refused unless allowed (an http:// localstripe)."""
     session = requests.Session()
     session.mount("https://", Tls12Adapter(ca_file=ca_file))
+    if not allow_plain_http:
+        session.mount("http://", _RefusePlainHttp())
     return session
 
 
@@ -102,7 +148,7 @@ def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe
     base = api_base or settings.STRIPE_API_BASE or None
     http_client = stripe.RequestsClient(
         timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
-        session=http_session(ca_file=ca_file),
+        session=http_session(ca_file=ca_file, allow_plain_http=_plain_http(base)),
     )
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
@@ -116,11 +162,12 @@ def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe
 def configure_module_client() -> None:
     """stripe-python's module-level client is what dj-stripe uses: give it our pinned API
     version, the TLS floor and our retries too."""
+    allow_plain_http = _plain_http(settings.STRIPE_API_BASE)  # refused before anything is set
     stripe.api_version = STRIPE_API_VERSION
     stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
     stripe.default_http_client = stripe.RequestsClient(
         timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
-        session=http_session(),
+        session=http_session(allow_plain_http=allow_plain_http),
     )
     if settings.STRIPE_API_BASE:
         stripe.api_base = settings.STRIPE_API_BASE
@@ -145,8 +192,14 @@ def _map_errors(exc: stripe.StripeError) -> GatewayError:
 
 
 def _outside_transaction() -> None:
-    if connection.in_atomic_block and not getattr(settings, "STRIPE_ALLOW_IN_TRANSACTION", False):
-        raise OutsideTransactionRequired("Stripe is never called inside a database transaction (spec §8).")
+    """Refuses a call inside a database transaction. The test suite's escape hatch
+    (`STRIPE_ALLOW_IN_TRANSACTION`, set by tests that run in the test's own transaction) is
+    read under the test settings only; production refuses to start with it."""
+    if not connection.in_atomic_block:
+        return
+    if _settings_module() == _TEST_SETTINGS and getattr(settings, "STRIPE_ALLOW_IN_TRANSACTION", False):
+        return
+    raise OutsideTransactionRequired("Stripe is never called inside a database transaction (spec §8).")
 
 
 class Gateway:

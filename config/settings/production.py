@@ -1,14 +1,21 @@
-"""Production: no secret defaults, HTTPS everywhere. Fails fast when a secret is missing.
+"""Production: no secret defaults, HTTPS everywhere. Fails fast when a secret is missing
+or Stripe is half-configured (config/tests/test_production_settings.py).
 
 `manage.py check --deploy` with these settings reports nothing (config/tests/test_security.py).
-Required: DJANGO_SECRET_KEY (50+ random characters), DJANGO_ALLOWED_HOSTS, STRIPE_SECRET_KEY.
+Required: DJANGO_SECRET_KEY (50+ random characters), DJANGO_ALLOWED_HOSTS, STRIPE_SECRET_KEY,
+STRIPE_WEBHOOK_SECRET (`whsec_…`), STRIPE_PUSH_ENABLED=true (or, to run with pushes off on
+purpose, STRIPE_DISABLED_I_KNOW=true instead), STRIPE_API_BASE empty (Stripe's own) or https://.
+Refused: STRIPE_ALLOW_IN_TRANSACTION (a test-only escape hatch).
 Behind a TLS-terminating proxy that overwrites X-Forwarded-Proto: DJANGO_BEHIND_TLS_PROXY=true,
 and TRUSTED_PROXY_COUNT=<number of our proxies> for the client IP (audit/middleware.py)."""
+
+import warnings
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import env
+from config.settings.base import STRIPE_API_BASE, STRIPE_PUSH_ENABLED, STRIPE_WEBHOOK_SECRET, env
 
 
 def _required(name: str) -> str:
@@ -31,6 +38,54 @@ CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # base.py derives dj-stripe's key settings from STRIPE_SECRET_KEY with a development
 # default; here the variable itself must be present (same value, so nothing to re-derive).
 _required("STRIPE_SECRET_KEY")
+
+# Stripe half-configured would fail silently: nothing pushed, synced or reconciled
+# (pushes off), every webhook rejected (no secret), or no TLS floor (a plain-http base; the
+# gateway's TLS 1.2 floor only exists on https). Each stops the process here.
+_stripe_disabled_on_purpose = env.bool("STRIPE_DISABLED_I_KNOW", default=False)
+if _stripe_disabled_on_purpose and STRIPE_PUSH_ENABLED:
+    raise ImproperlyConfigured(
+        "STRIPE_DISABLED_I_KNOW=true contradicts STRIPE_PUSH_ENABLED=true: remove STRIPE_DISABLED_I_KNOW."
+    )
+if not STRIPE_PUSH_ENABLED:
+    if not _stripe_disabled_on_purpose:
+        raise ImproperlyConfigured(
+            "STRIPE_PUSH_ENABLED must be true in production: with it off nothing is pushed to Stripe, "
+            "synced or reconciled. To run without pushes on purpose, set STRIPE_DISABLED_I_KNOW=true."
+        )
+    warnings.warn(
+        "STRIPE_DISABLED_I_KNOW=true: Stripe pushes are off; finalized invoices, voids and customer "
+        "changes are not sent to Stripe and reconciliation does not run.",
+        RuntimeWarning,
+        stacklevel=1,
+    )
+
+_required("STRIPE_WEBHOOK_SECRET")
+if not STRIPE_WEBHOOK_SECRET.strip().startswith("whsec_") or "dev_only" in STRIPE_WEBHOOK_SECRET:
+    raise ImproperlyConfigured(
+        "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret from Stripe (whsec_…), not the development value."
+    )
+
+if STRIPE_API_BASE:  # empty: stripe-python's own https://api.stripe.com
+    _base = urlsplit(STRIPE_API_BASE)
+    if _base.scheme != "https" or not _base.hostname or STRIPE_API_BASE.strip() != STRIPE_API_BASE:
+        raise ImproperlyConfigured(
+            "STRIPE_API_BASE must be an https:// URL in production (or empty for Stripe's own): "
+            "over plain HTTP there is no TLS, so no TLS floor."
+        )
+# dj-stripe's own pointer at another Stripe (base.py derives it from STRIPE_API_BASE) is not
+# needed here: billing.stripe.gateway.configure_module_client points stripe-python's module
+# client, which dj-stripe uses, at STRIPE_API_BASE at start-up. Without it, dj-stripe's
+# check (djstripe.W002) stays quiet under `check --deploy`.
+globals().pop("STRIPE_API_HOST", None)
+
+# Tests only: lets Stripe calls run inside a database transaction (billing/stripe/gateway.py
+# reads it under the test settings only). Never in production, not even by mistake.
+if env.bool("STRIPE_ALLOW_IN_TRANSACTION", default=False) or globals().get("STRIPE_ALLOW_IN_TRANSACTION"):
+    raise ImproperlyConfigured(
+        "STRIPE_ALLOW_IN_TRANSACTION is a test-only escape hatch: unset it in production "
+        "(Stripe is never called inside a database transaction)."
+    )
 
 # Transmission security (HIPAA 164.312(e)): HTTPS only, HSTS for a year with subdomains.
 SECURE_SSL_REDIRECT = True

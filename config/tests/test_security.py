@@ -5,15 +5,21 @@ settings (HTTPS, HSTS, cookies, `check --deploy`, no secret defaults)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from auditlog.models import LogEntry
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -216,6 +222,129 @@ def test_it_throttles_api_calls_per_user(settings: Any) -> None:
         assert one.get("/api/v1/offices/").status_code == 200
 
 
+# --- A cache outage (issue 8, defect 16) ------------------------------------------------------
+
+
+class OwnRedis:
+    """A redis-server of this test's own on a free port (never the shared one on 6379),
+    with nothing persisted: stopped and started again, it is empty."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        assert self.port != 6379
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            assert self.process.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # an outage, not a clean shutdown
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def stored_keys(self) -> list[bytes]:
+        return list(redis.Redis(port=self.port).keys("*"))
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("needs redis-server on PATH (apt-get install redis-server) to take a real cache down")
+    server = OwnRedis(executable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_the_api_and_logins_keep_answering_while_the_cache_is_down(
+    settings: Any, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Throttles fail open: with CACHE_URL's Redis down, logins and API calls answer as
+    usual (not 500), unthrottled, with one warning per interval; Redis back, they count again."""
+    import config.authentication as authentication
+
+    monkeypatch.setattr(authentication, "_cache_down", authentication.CacheDownWarning())
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": own_redis.url}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"login": "3/min", "api": "4/min"},
+    }
+    get_user_model().objects.create_user(username="op", password=PASSWORD, is_staff=True)
+
+    def office(n: int) -> int:
+        body = json.dumps({"name": f"Outage Clinic {n}", "billing_email": f"billing{n}@outage.example"})
+        return int(api.post("/api/v1/offices/", data=body, content_type="application/json").status_code)
+
+    with at(T0), caplog.at_level(logging.WARNING, logger="config.authentication"):
+        # Redis up: it works, and the counts are in this Redis.
+        login = _login(PASSWORD)
+        assert login.status_code == 200, login.content
+        api = Client(HTTP_AUTHORIZATION=f"Token {login.json()['token']}")
+        assert api.get("/api/v1/offices/").status_code == 200
+        assert sorted(k.split(b"_")[1] for k in own_redis.stored_keys()) == [b"api", b"login"]
+
+        # Redis down: more than either rate allows, and every request is answered.
+        own_redis.stop()
+        assert [_login(PASSWORD).status_code for _ in range(4)] == [200] * 4
+        assert [api.get("/api/v1/offices/").status_code for _ in range(4)] == [200] * 4
+        assert [office(n) for n in range(2)] == [201, 201]
+        warned = [r for r in caplog.records if r.name == "config.authentication"]
+        assert len(warned) == 1, [r.getMessage() for r in warned]  # not one per request
+        assert warned[0].levelno == logging.WARNING
+        assert "failing open" in warned[0].getMessage() and "ConnectionError" in warned[0].getMessage()
+
+        # Redis back (empty): the limits hold again.
+        own_redis.start()
+        assert [_login(PASSWORD).status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert [api.get("/api/v1/offices/").status_code for _ in range(5)] == [200] * 4 + [429]
+        assert sorted(k.split(b"_")[1] for k in own_redis.stored_keys()) == [b"api", b"login"]
+    assert len([r for r in caplog.records if r.name == "config.authentication"]) == 1
+
+
+def test_it_warns_about_a_cache_outage_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import config.authentication as authentication
+
+    clock = [1000.0]
+    monkeypatch.setattr(authentication.time, "monotonic", lambda: clock[0])
+    warning = authentication.CacheDownWarning(interval_seconds=60)
+    error = redis.ConnectionError("Connection refused")
+    with caplog.at_level(logging.WARNING, logger="config.authentication"):
+        for _ in range(5):
+            warning.emit("api", error)
+        clock[0] += 59
+        warning.emit("login", error)
+        clock[0] += 2
+        warning.emit("api", error)
+    messages = [r.getMessage() for r in caplog.records if r.name == "config.authentication"]
+    assert len(messages) == 2, messages
+    assert "5 more" in messages[1]  # what the interval held back is counted, not lost
+
+
 # --- Production settings -------------------------------------------------------------------
 
 # Run in a fresh interpreter: the settings module fails at import by design. `.env` is not
@@ -231,6 +360,8 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
         "DJANGO_ALLOWED_HOSTS": "billing.example.com",
         "STRIPE_SECRET_KEY": "sk_live_" + secrets.token_hex(16),
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
+        "STRIPE_PUSH_ENABLED": "true",
         "CACHE_URL": "locmemcache://",
         "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'unused-production-check.sqlite3'}",
     }

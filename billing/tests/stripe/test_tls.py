@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import stripe
 import trustme
+from django.core.exceptions import ImproperlyConfigured
 
-from billing.stripe.gateway import Gateway, GatewayError, client
+from billing.stripe.gateway import Gateway, GatewayError, Permanent, client, configure_module_client
 
 HOST = "127.0.0.1"
 CUSTOMER = {"id": "cus_x", "object": "customer", "name": "Loopback", "metadata": {}}
@@ -49,6 +50,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.log.paths.append(self.path)
+        redirect_to = getattr(self.server, "redirect_to", None)
+        if redirect_to and "_moved" in self.path:
+            self.send_response(307)  # a downgrade: "the same request, over plain HTTP there"
+            self.send_header("Location", f"{redirect_to}/v1/customers/cus_x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.split("?")[0] == "/v1/customers/cus_x":
             status, body = 200, CUSTOMER
         else:
@@ -107,12 +115,36 @@ class _TlsServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def https_server(context: ssl.SSLContext) -> Iterator[tuple[str, TlsLog]]:
+def https_server(context: ssl.SSLContext, *, redirect_to: str | None = None) -> Iterator[tuple[str, TlsLog]]:
     server = _TlsServer(context)
+    server.redirect_to = redirect_to  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"https://{HOST}:{server.server_address[1]}", server.log
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class _PlainServer(ThreadingHTTPServer):
+    """A plain-HTTP server (what an http:// Stripe base, or a downgrade, would reach)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.log = TlsLog()
+        super().__init__((HOST, 0), _Handler)
+
+
+@contextlib.contextmanager
+def http_server() -> Iterator[tuple[str, TlsLog]]:
+    server = _PlainServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}", server.log
     finally:
         server.shutdown()
         server.server_close()
@@ -306,3 +338,72 @@ def test_it_trusts_the_test_ca_only_through_ca_file(ca):
     assert cause is not None and cause.reason == "CERTIFICATE_VERIFY_FAILED"
     log.settled()
     assert log.paths == []
+
+
+# --- Plain HTTP: no TLS, so no TLS floor (issue 8, defect 6) ---------------------------------
+
+
+@pytest.fixture
+def module_client_restored() -> Iterator[None]:
+    """configure_module_client() sets stripe-python's module-level client: put it back."""
+    saved = (stripe.api_base, stripe.api_version, stripe.max_network_retries, stripe.default_http_client)
+    try:
+        yield
+    finally:
+        stripe.api_base, stripe.api_version, stripe.max_network_retries, stripe.default_http_client = saved
+
+
+@pytest.mark.usefixtures("module_client_restored")
+@pytest.mark.parametrize("module", ["config.settings.production", "config.settings.base"])
+def test_it_refuses_a_plain_http_stripe_base_outside_development_and_test_settings(settings, monkeypatch, module):
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", module)  # what the gateway asks (not settings.SETTINGS_MODULE)
+    settings.DEBUG = False
+    with http_server() as (url, log):
+        with pytest.raises(ImproperlyConfigured, match="STRIPE_API_BASE"):
+            client(api_base=url)
+        settings.STRIPE_API_BASE = url
+        with pytest.raises(ImproperlyConfigured, match="STRIPE_API_BASE"):
+            client()
+        with pytest.raises(ImproperlyConfigured, match="STRIPE_API_BASE"):
+            configure_module_client()  # dj-stripe's client (called at start-up)
+    assert log.paths == []
+
+
+@pytest.mark.usefixtures("module_client_restored")
+@pytest.mark.parametrize(
+    ("module", "debug"),
+    [("config.settings.test", False), ("config.settings.local", False), ("config.settings.base", True)],
+)
+def test_it_still_speaks_plain_http_to_localstripe_in_development_and_tests(settings, monkeypatch, module, debug):
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", module)
+    settings.DEBUG = debug
+    with http_server() as (url, log):
+        assert client(api_base=url).v1.customers.retrieve("cus_x")["id"] == "cus_x"
+        settings.STRIPE_API_BASE = url
+        configure_module_client()
+        assert stripe.Customer.retrieve("cus_x", api_key="sk_test_" + "0" * 24)["id"] == "cus_x"
+    assert log.paths == ["/v1/customers/cus_x"] * 2
+
+
+def test_it_never_follows_a_redirect_from_https_to_plain_http(ca, ca_pem):
+    """Even in test settings (where a plain-http base is allowed), a client on an https base
+    speaks TLS only: a redirect to http:// is refused, not followed in clear."""
+    with (
+        http_server() as (plain_url, plain_log),
+        https_server(server_context(ca.issue_cert(HOST)), redirect_to=plain_url) as (url, log),
+    ):
+        with pytest.raises(stripe.APIConnectionError) as raised:
+            client(api_base=url, ca_file=ca_pem).v1.customers.retrieve("cus_moved")
+        assert "plain HTTP" in str(raised.value)
+        with pytest.raises(Permanent) as mapped:  # not retried, not left pending
+            Gateway(client(api_base=url, ca_file=ca_pem)).invoice_retrieve(stripe_invoice_id="in_moved")
+        assert isinstance(mapped.value.__cause__, stripe.APIConnectionError)
+        assert "plain HTTP" in str(mapped.value.__cause__)
+        assert client(api_base=url, ca_file=ca_pem).v1.customers.retrieve("cus_x")["id"] == "cus_x"
+    log.settled()
+    assert [p.split("?")[0] for p in log.paths] == [
+        "/v1/customers/cus_moved",
+        "/v1/invoices/in_moved",
+        "/v1/customers/cus_x",
+    ]
+    assert plain_log.paths == []
