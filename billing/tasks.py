@@ -27,6 +27,7 @@ from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks wi
     invoice_push_task,
     invoice_void_sync_task,
     reconcile_stripe_task,
+    stripe_event_mirror_task,
 )
 from billing.stripe.webhooks import webhook_rejections_summarize
 

@@ -112,3 +112,21 @@ def mirror_event(data: dict[str, Any]) -> MirrorResult:
         logger.error("dj-stripe could not process event %s: %s", data.get("id"), error)
         return MirrorResult(ok=False, error=error)
     return MirrorResult(ok=True)
+
+
+def mirror_event_by_id(event_id: str) -> MirrorResult:
+    """Re-read one event from Stripe and hand it to dj-stripe (the deferred mirror: a task
+    after the reaction, never inside the webhook request). Never raises."""
+    try:
+        install()
+        from djstripe.models import Event
+        from djstripe.settings import djstripe_settings
+
+        data = Event.stripe_class.retrieve(
+            id=event_id, api_key=settings.STRIPE_SECRET_KEY, stripe_version=djstripe_settings.STRIPE_API_VERSION
+        )
+    except Exception as exc:
+        error = redact(f"{type(exc).__name__}: {exc}")[:500]
+        logger.error("could not re-read event %s for dj-stripe: %s", event_id, error)
+        return MirrorResult(ok=False, error=error)
+    return mirror_event(data)

@@ -76,3 +76,12 @@ def reconcile_stripe_task(self: Any) -> int | None:
         return None
     with audit_source(task_id=str(self.request.id or "")):
         return len(reconcile_stripe().mismatches)
+
+
+@shared_task(name="billing.stripe.tasks.stripe_event_mirror_task", bind=True, acks_late=True)
+def stripe_event_mirror_task(self: Any, stripe_event_id: int) -> bool:
+    """dj-stripe's mirror of one verified event, after our reaction (spec §8)."""
+    from billing.stripe.webhooks import stripe_event_mirror
+
+    with audit_source(task_id=str(self.request.id or "")):
+        return stripe_event_mirror(stripe_event_id=stripe_event_id)

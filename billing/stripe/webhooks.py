@@ -42,7 +42,7 @@ from audit.context import current_source
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
 from billing.models import StripeEvent, StripeEventStatus, WebhookRejectionWindow
-from billing.stripe.djstripe_adapter import mirror_event, redact
+from billing.stripe.djstripe_adapter import MirrorResult, mirror_event, mirror_event_by_id, redact
 from billing.stripe.events import NotAnEvent, VerifiedEvent, stripe_event_react
 
 logger = logging.getLogger("billing.webhooks")
@@ -296,17 +296,43 @@ def _handle(*, event: VerifiedEvent, payload: dict[str, Any], signature: Signatu
             reason=type(exc).__name__,
             data={"event_id": event.id, "type": event.type},
         )
-        _mirror(row, payload)
+        _request_mirror(row, payload)
         return JsonResponse({"received": True, "event": event.id, "status": "failed"}, status=500)
     StripeEvent.objects.filter(pk=row.pk).update(
         status=StripeEventStatus.PROCESSED, outcome=outcome[:200], error="", processed_at=timezone.now()
     )
-    _mirror(row, payload)
+    _request_mirror(row, payload)
     return JsonResponse({"received": True, "event": event.id, "status": "processed", "outcome": outcome})
 
 
-def _mirror(row: StripeEvent, payload: dict[str, Any]) -> None:
-    result = mirror_event(payload)
+def _request_mirror(row: StripeEvent, payload: dict[str, Any]) -> None:
+    """dj-stripe's mirror calls Stripe inside its own transaction: where Stripe tasks run
+    (STRIPE_PUSH_ENABLED), it runs in a task after the reaction, never in the webhook
+    request (spec §8). Without a worker (development, most tests) it runs here."""
+    if not settings.STRIPE_PUSH_ENABLED:
+        _record_mirror(row, mirror_event(payload))
+        return
+    from billing.stripe.tasks import stripe_event_mirror_task
+
+    try:
+        stripe_event_mirror_task.delay(row.pk)
+    except Exception as exc:  # the broker is down: the reaction stands; the mirror is behind
+        error = f"mirror not queued: {type(exc).__name__}"
+        logger.error("Stripe event %s: %s", row.event_id, error)
+        StripeEvent.objects.filter(pk=row.pk).update(mirrored=False, mirror_error=error)
+
+
+def stripe_event_mirror(*, stripe_event_id: int) -> bool:
+    """The deferred mirror of one recorded event (the task's body). True if mirrored."""
+    row = StripeEvent.objects.get(pk=stripe_event_id)
+    if row.mirrored:
+        return True
+    result = mirror_event_by_id(row.event_id)
+    _record_mirror(row, result)
+    return result.ok
+
+
+def _record_mirror(row: StripeEvent, result: MirrorResult) -> None:
     if result.ok:
         StripeEvent.objects.filter(pk=row.pk).update(mirrored=True, mirror_error="")
         return
