@@ -43,6 +43,7 @@ from billing.models import (
     WebhookRejectionWindow,
 )
 from billing.money import cents_to_major, format_cents, major_to_cents
+from billing.phi_guard import ours
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
 from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
@@ -265,7 +266,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         voided: list[str] = []
         for invoice in queryset.order_by("pk"):
             try:
-                invoice_void(invoice=invoice, actor=request.user, reason="voided by an operator in the admin")
+                invoice_void(invoice=invoice, actor=request.user, reason=ours("voided by an operator in the admin"))
             except ApplicationError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
             else:

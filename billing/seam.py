@@ -54,3 +54,22 @@ def request_push(invoice_id: int) -> None:
         _handler(invoice_id)
 
     transaction.on_commit(_after_commit, robust=True)
+
+
+_customer_handler: PushHandler | None = None
+
+
+def register_customer_handler(handler: PushHandler | None) -> None:
+    global _customer_handler
+    _customer_handler = handler
+
+
+def request_customer_ensure(office_id: int) -> None:
+    """After commit, make sure the office has its Stripe customer (spec §8: at subscribe).
+    Whatever is not done then is done by the office's first push."""
+
+    def _after_commit() -> None:
+        if _customer_handler is not None:
+            _customer_handler(office_id)
+
+    transaction.on_commit(_after_commit, robust=True)

@@ -33,7 +33,7 @@ from billing.models import (
     PlanChangeKind,
 )
 from billing.phi_guard import audited_refusals, phi_check
-from billing.seam import request_void_sync
+from billing.seam import request_customer_ensure, request_void_sync
 from billing.selectors import office_currency
 from config.errors import ApplicationError, ConflictError, NotFoundError
 from offices.models import Office, SubscriptionStatus
@@ -182,6 +182,7 @@ def subscription_create(*, office: Office, plan_code: str, actor: Any = None) ->
             "anchor": office.billing_cycle_anchor_date.isoformat(),
         },
     )
+    request_customer_ensure(office.pk)  # after commit: the Stripe customer exists from now on
     if not trial:
         open_cycle(office=office, start=now, stats=AdvanceStats())
     return office

@@ -22,6 +22,7 @@ from billing.engine.run import (
 )
 from billing.models import BillingRun
 from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks with the worker
+    customer_ensure_task,
     customer_sync_task,
     enqueue_pending_pushes,
     invoice_push_task,

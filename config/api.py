@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.errors import ApplicationError
+from config.outages import is_database_outage
 
 logger = logging.getLogger("api")
 
@@ -48,6 +49,8 @@ def _first_message(detail: Any, path: str = "") -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every error as {"message": ..., "extra": ...} with the right status (one handler)."""
+    if is_database_outage(exc):
+        return None  # re-raised: config.outages.DatabaseOutageMiddleware answers 503 with Retry-After
     if isinstance(exc, ApplicationError):
         return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code)
     if isinstance(exc, Http404):

@@ -28,3 +28,16 @@ class ConflictError(ApplicationError):
 
 class PermissionDeniedError(ApplicationError):
     status_code = 403
+
+
+class ServiceUnavailableError(ApplicationError):
+    """A dependency (the database, Stripe) is unavailable: HTTP 503, worth retrying after
+    `retry_after_seconds` (sent as `Retry-After` where the responder knows it)."""
+
+    status_code = 503
+
+    def __init__(
+        self, message: str, extra: dict[str, Any] | None = None, *, retry_after_seconds: int | None = None
+    ) -> None:
+        super().__init__(message, extra)
+        self.retry_after_seconds = retry_after_seconds

@@ -97,16 +97,30 @@ def billing_run_start(
     return run
 
 
-def process_office(*, office_id: int, as_of: datetime) -> AdvanceStats:
+def _count_step(run_id: int, step: AdvanceStats) -> None:
+    """Add one step's work to its run, in the step's own transaction: a delivery killed
+    mid-chunk has counted exactly what it committed (lock order: office, number row, run)."""
+    if step.finalized or step.opened or step.lines:
+        BillingRun.objects.filter(pk=run_id).update(
+            invoices_finalized=F("invoices_finalized") + step.finalized,
+            invoices_opened=F("invoices_opened") + step.opened,
+            lines_created=F("lines_created") + step.lines,
+            amount_finalized_cents=F("amount_finalized_cents") + step.amount_finalized_cents,
+        )
+
+
+def process_office(*, office_id: int, as_of: datetime, run_id: int | None = None) -> AdvanceStats:
     """Every boundary of one office up to `as_of`, one transaction per boundary. A step
     says where the office's next boundary is, so no extra transaction is spent finding
-    that nothing is left."""
+    that nothing is left. With `run_id`, each step's work is added to that run as it commits."""
     total = AdvanceStats()
     while True:
         step = AdvanceStats()
         with transaction.atomic():
             office = lock_office(office_id)
             progressed = advance_one(office=office, as_of=as_of, stats=step)
+            if run_id is not None:
+                _count_step(run_id, step)
         total.add(step)
         if not progressed or step.next_boundary is None or step.next_boundary > as_of:
             return total
@@ -130,9 +144,10 @@ def billing_run_process(
     """Process a chunk of offices for `run`. A failing office is recorded and skipped (its
     open transaction rolled back; the next run retries it); the others go on.
 
-    Safe to deliver twice: the work figures add what this delivery did (an invoice is
-    finalized by one delivery only, under its office's lock), and the chunk is marked done
-    once, by a conditional update, which alone counts its offices and errors."""
+    Safe to deliver twice, or to be killed: the work figures are added step by step in each
+    step's transaction (an invoice is finalized by one delivery only, under its office's
+    lock), and the chunk is marked done once, by a conditional update, which alone counts
+    its offices and errors."""
     chunk_row = _chunk_of(run, office_ids, chunk_seq)
     if chunk_row is not None:
         BillingRunChunk.objects.filter(pk=chunk_row.pk).update(deliveries=F("deliveries") + 1)
@@ -141,12 +156,6 @@ def billing_run_process(
     with deferred_sealing():
         done, errors = _process_all(run=run, office_ids=office_ids, chunk=chunk, progress=progress)
     with transaction.atomic():
-        BillingRun.objects.filter(pk=run.pk).update(
-            invoices_finalized=F("invoices_finalized") + chunk.finalized,
-            invoices_opened=F("invoices_opened") + chunk.opened,
-            lines_created=F("lines_created") + chunk.lines,
-            amount_finalized_cents=F("amount_finalized_cents") + chunk.amount_finalized_cents,
-        )
         first_to_finish = chunk_row is None or bool(
             BillingRunChunk.objects.filter(pk=chunk_row.pk, done_at__isnull=True).update(done_at=timezone.now())
         )
@@ -169,7 +178,7 @@ def _process_all(
     done = errors = 0
     for office_id in office_ids:
         try:
-            stats = process_office(office_id=office_id, as_of=run.as_of)
+            stats = process_office(office_id=office_id, as_of=run.as_of, run_id=run.pk)
         except Exception as exc:
             logger.exception("billing run %s: office %s failed", run.pk, office_id)
             errors += 1

@@ -32,7 +32,7 @@ from billing.engine.cycles import zone
 from billing.engine.office import lock_office
 from billing.models import Invoice, InvoiceStatus, PushState
 from billing.money import format_cents
-from billing.phi_guard import audited_refusals, phi_check
+from billing.phi_guard import audited_refusals, ours, phi_check
 from billing.services import invoice_void
 from billing.stripe.gateway import Gateway, Permanent
 from billing.stripe.push import invoice_push
@@ -236,7 +236,7 @@ def _apply(*, event: VerifiedEvent, invoice_id: int, stripe_invoice_id: str, cur
             )
             outcome = "paid"
         elif remote == InvoiceStatus.VOID:
-            invoice_void(invoice=invoice, reason="voided in Stripe")
+            invoice_void(invoice=invoice, reason=ours("voided in Stripe"))
             outcome = "void"
         elif remote == InvoiceStatus.UNCOLLECTIBLE:
             invoice.status = InvoiceStatus.UNCOLLECTIBLE

@@ -29,12 +29,13 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 
 from audit.models import Outcome
 from audit.services import audit_record
-from billing.phi_guard import PhiRefused, phi_check
+from billing.phi_guard import STRIPE_STRUCTURAL_PARAMS, PhiIndex, PhiRefused, phi_check
 from offices.models import Office
 
 if TYPE_CHECKING:
     from stripe.params import (
         CustomerCreateParams,
+        CustomerSearchParams,
         CustomerUpdateParams,
         InvoiceCreateParams,
         InvoiceFinalizeInvoiceParams,
@@ -208,11 +209,11 @@ class Gateway:
     def __init__(self, stripe_client: stripe.StripeClient | None = None) -> None:
         self._client = stripe_client or client()
 
-    def _guard(self, office: Office, payload: dict[str, Any]) -> None:
+    def _guard(self, office: Office, payload: dict[str, Any], *, phi: PhiIndex | None = None) -> None:
         """Nothing leaves with PHI in it: a refusal is audited (we run outside transactions,
         so the entry stands on its own) and raised before any request is made."""
         try:
-            phi_check(office=office, fields=payload)
+            phi_check(office=office, fields=payload, index=phi, ours_fields=STRIPE_STRUCTURAL_PARAMS)
         except PhiRefused as exc:
             audit_record(
                 action="phi_guard.refused",
@@ -242,6 +243,21 @@ class Gateway:
         self._guard(office, dict(params))
         return self._call(self._client.v1.customers.create, params, key)
 
+    def customer_retrieve(self, *, customer_id: str) -> Any:
+        return self._call(
+            lambda params, options: self._client.v1.customers.retrieve(customer_id, params=params, options=options),
+            {},
+            None,
+        )
+
+    def customers_of_office(self, *, office: Office) -> list[Any]:
+        """The customers whose `metadata.office_id` is this office (Stripe's search: eventually
+        consistent, which is what the look-up needs — it finds a customer created by an
+        attempt whose answer was lost, hours or days ago, past the idempotency window)."""
+        params: CustomerSearchParams = {"query": f"metadata['office_id']:'{int(office.pk)}'", "limit": 10}
+        result = self._call(self._client.v1.customers.search, params, None)
+        return list(result["data"])
+
     def customer_update(self, *, office: Office, customer_id: str, key: str) -> Any:
         """Sync the office's business name and billing email (nothing else is sent)."""
         params: CustomerUpdateParams = {"name": office.name, "email": office.billing_email}
@@ -270,12 +286,16 @@ class Gateway:
         return self._call(self._client.v1.checkout.sessions.create, params, key)
 
     # --- invoices ------------------------------------------------------------------
-    def invoice_create(self, *, office: Office, params: InvoiceCreateParams, key: str) -> Any:
-        self._guard(office, dict(params))
+    def invoice_create(
+        self, *, office: Office, params: InvoiceCreateParams, key: str, phi: PhiIndex | None = None
+    ) -> Any:
+        self._guard(office, dict(params), phi=phi)
         return self._call(self._client.v1.invoices.create, params, key)
 
-    def invoice_item_create(self, *, office: Office, params: InvoiceItemCreateParams, key: str) -> Any:
-        self._guard(office, dict(params))
+    def invoice_item_create(
+        self, *, office: Office, params: InvoiceItemCreateParams, key: str, phi: PhiIndex | None = None
+    ) -> Any:
+        self._guard(office, dict(params), phi=phi)
         return self._call(self._client.v1.invoice_items.create, params, key)
 
     def invoice_finalize(self, *, stripe_invoice_id: str, key: str) -> Any:
@@ -321,6 +341,21 @@ class Gateway:
             {},
             None,
         )
+
+    def invoice_lines_list(self, *, stripe_invoice_id: str) -> Iterator[Any]:
+        """Every line of an invoice, page by page: a retrieved invoice embeds only the
+        first page of its lines."""
+        page = self._call(
+            lambda params, options: self._client.v1.invoices.line_items.list(
+                stripe_invoice_id, params=params, options=options
+            ),
+            {"limit": 100},
+            None,
+        )
+        try:
+            yield from page.auto_paging_iter()
+        except stripe.StripeError as exc:
+            raise _map_errors(exc) from exc
 
     def invoices_list(self, *, params: InvoiceListParams) -> Iterator[Any]:
         """Every invoice matching `params`, page by page (auto-pagination)."""

@@ -26,7 +26,7 @@ from audit.services import audit_record
 from billing.dates import local_period
 from billing.engine.labels import PATIENT_GROUP_LABEL
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, PushState
-from billing.phi_guard import PhiRefused, phi_check
+from billing.phi_guard import PhiIndex, PhiRefused, invoice_tokens
 from billing.stripe.gateway import Gateway, GatewayError, Transient
 from offices.models import CollectionMethod, Office
 
@@ -77,17 +77,25 @@ def stripe_items(invoice: Invoice) -> list[StripeItem]:
 
 
 def customer_ensure(*, office: Office, gateway: Gateway) -> str:
-    """One Stripe Customer per office, created once (idempotency key from the office)."""
+    """One Stripe Customer per office (spec §8): looked up by `metadata.office_id` first —
+    an earlier attempt may have created it and lost the answer, longer ago than Stripe
+    keeps idempotency keys — then created once (idempotency key from the office)."""
     if office.payment_provider_customer_id:
         return office.payment_provider_customer_id
-    customer = gateway.customer_create(office=office, key=f"office:{office.pk}:customer")
-    customer_id = str(customer["id"])
+    existing = sorted(gateway.customers_of_office(office=office), key=lambda c: (int(c["created"]), str(c["id"])))
+    if existing:
+        customer_id = str(existing[0]["id"])  # the first one made; any later copy is reported by reconciliation
+        found = True
+    else:
+        customer = gateway.customer_create(office=office, key=f"office:{office.pk}:customer")
+        customer_id = str(customer["id"])
+        found = False
     Office.objects.filter(pk=office.pk, payment_provider_customer_id__isnull=True).update(
         payment_provider_customer_id=customer_id
     )
     office.refresh_from_db(fields=["payment_provider_customer_id"])
     audit_record(
-        action="stripe.customer_created",
+        action="stripe.customer_found" if found else "stripe.customer_created",
         actor_type=ActorType.SYSTEM,
         target=office,
         office_id=office.pk,
@@ -112,10 +120,11 @@ def _find_existing(gateway: Gateway, customer_id: str, invoice: Invoice) -> str 
     return None
 
 
-def _item_keys_on(stripe_invoice: Any) -> set[str]:
+def _item_keys_on(gateway: Gateway, stripe_invoice_id: str) -> set[str]:
+    """The item keys already on a Stripe draft, from all its lines (listed page by page: a
+    retrieved invoice embeds only the first page)."""
     keys: set[str] = set()
-    lines = stripe_invoice["lines"]["data"] if stripe_invoice["lines"] else []
-    for line in lines:
+    for line in gateway.invoice_lines_list(stripe_invoice_id=stripe_invoice_id):
         metadata = _metadata(line)
         if metadata.get("item_key"):
             keys.add(str(metadata["item_key"]))
@@ -156,12 +165,12 @@ def _stop_if_voided(invoice_id: int) -> None:
         raise _VoidedMidPush
 
 
-def _payloads_refused(invoice: Invoice, office: Office) -> PhiRefused | None:
+def _payloads_refused(invoice: Invoice, office: Office, phi: PhiIndex) -> PhiRefused | None:
     """Every text the push would send, checked before the first write: a refusal half-way
     would leave a half-made Stripe draft behind (spec §9)."""
     try:
-        phi_check(
-            office=office,
+        phi.check(
+            ours_fields={"invoice.number", "invoice.metadata.invoice_id", "items.item_key"},
             fields={
                 "customer": {"name": office.name, "email": office.billing_email},
                 "invoice": {"number": invoice.number, "metadata": {"invoice_id": str(invoice.pk)}},
@@ -218,7 +227,8 @@ def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
     office = invoice.office
-    refused = _payloads_refused(invoice, office)
+    phi = PhiIndex.for_office(office).trusting(*invoice_tokens(invoice))  # once per push
+    refused = _payloads_refused(invoice, office, phi)
     if refused is not None:
         return _refuse_push(invoice, office, refused)
     gw = gateway or Gateway()
@@ -226,7 +236,7 @@ def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
     # Counted before calling Stripe: an attempt that dies half-way is known to the next one.
     Invoice.objects.filter(pk=invoice.pk).update(push_attempts=F("push_attempts") + 1)
     try:
-        stripe_id = _push(invoice=invoice, office=office, gateway=gw, first_attempt=first_attempt)
+        stripe_id = _push(invoice=invoice, office=office, gateway=gw, first_attempt=first_attempt, phi=phi)
     except _VoidedMidPush:
         logger.info("invoice %s voided during its push: stopped; the void sync settles Stripe", invoice.number)
         invoice.refresh_from_db()
@@ -257,10 +267,13 @@ def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
     return invoice
 
 
-def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: bool) -> str:
+def _push(
+    *, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: bool, phi: PhiIndex | None = None
+) -> str:
     customer_id = customer_ensure(office=office, gateway=gateway)
     key = f"invoice:{invoice.pk}"
     stripe_id = invoice.stripe_invoice_id
+    created_now = False
     if stripe_id is None and not first_attempt:
         # An earlier attempt may have created it and died before storing the id, possibly
         # longer ago than Stripe keeps idempotency keys: look it up before creating one.
@@ -278,13 +291,15 @@ def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: 
         }
         if office.collection_method == CollectionMethod.SEND_INVOICE:
             params["days_until_due"] = office.days_until_due
-        created = gateway.invoice_create(office=office, params=params, key=f"{key}:create")  # type: ignore[arg-type]
+        created = gateway.invoice_create(office=office, params=params, key=f"{key}:create", phi=phi)  # type: ignore[arg-type]
         stripe_id = str(created["id"])
+        created_now = True
     # Store the id at once: whatever happens next, a retry resumes on this invoice.
     Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id__isnull=True).update(stripe_invoice_id=stripe_id)
     current = gateway.invoice_retrieve(stripe_invoice_id=stripe_id)
     if current["status"] == "draft":
-        present = _item_keys_on(current)
+        # A draft this attempt just created has no items yet; a resumed one is listed.
+        present = set() if created_now else _item_keys_on(gateway, stripe_id)
         for item in _missing(stripe_items(invoice), present):
             gateway.invoice_item_create(
                 office=office,
@@ -298,6 +313,7 @@ def _push(*, invoice: Invoice, office: Office, gateway: Gateway, first_attempt: 
                     "metadata": {"invoice_id": str(invoice.pk), "item_key": item.key},
                 },
                 key=f"{key}:item:{item.key}",
+                phi=phi,
             )
         _stop_if_voided(invoice.pk)  # finalizing starts automatic collection
         current = gateway.invoice_finalize(stripe_invoice_id=stripe_id, key=f"{key}:finalize")

@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from audit.context import audit_source
 from billing.models import Invoice, PushState
-from billing.stripe.gateway import Transient
-from billing.stripe.push import customer_sync, invoice_push, invoice_void_sync, push_claim_free
+from billing.stripe.gateway import Gateway, Transient
+from billing.stripe.push import customer_ensure, customer_sync, invoice_push, invoice_void_sync, push_claim_free
+from offices.models import Office
 
 # Backoff stays under Redis' visibility timeout (3600 s).
 RETRY = {"autoretry_for": (Transient,), "retry_backoff": 5, "retry_backoff_max": 600, "max_retries": 8}
@@ -43,6 +44,13 @@ def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), lim
     for invoice_id in ids:
         invoice_push_task.delay(invoice_id)
     return len(ids)
+
+
+@shared_task(name="billing.stripe.tasks.customer_ensure_task", bind=True, acks_late=True, **RETRY)
+def customer_ensure_task(self: Any, office_id: int) -> str:
+    """The office's Stripe customer, looked up or created once, right after it subscribes."""
+    with audit_source(task_id=str(self.request.id or "")):
+        return customer_ensure(office=Office.objects.get(pk=office_id), gateway=Gateway())
 
 
 @shared_task(name="billing.stripe_push.customer_sync_task", bind=True, acks_late=True, **RETRY)

@@ -19,7 +19,7 @@ def _sync_customer(sender: Any, office_id: int, **kwargs: Any) -> None:
 
 def connect() -> None:
     """Install the dj-stripe adapter and the pinned client, and answer the seam's requests."""
-    from billing.seam import register_push_handler, register_void_handler
+    from billing.seam import register_customer_handler, register_push_handler, register_void_handler
     from billing.stripe.djstripe_adapter import install as install_djstripe_adapter
     from billing.stripe.gateway import configure_module_client
     from offices.signals import billing_identity_changed
@@ -28,7 +28,8 @@ def connect() -> None:
     install_djstripe_adapter()  # dj-stripe never writes the API key into its tables
     configure_module_client()  # dj-stripe's own calls: our pinned version and TLS floor
     if settings.STRIPE_PUSH_ENABLED:
-        from billing.stripe.tasks import invoice_push_task, invoice_void_sync_task
+        from billing.stripe.tasks import customer_ensure_task, invoice_push_task, invoice_void_sync_task
 
+        register_customer_handler(lambda office_id: customer_ensure_task.delay(office_id))
         register_push_handler(lambda invoice_id: invoice_push_task.delay(invoice_id))
         register_void_handler(lambda invoice_id: invoice_void_sync_task.delay(invoice_id))

@@ -5,6 +5,7 @@ fields dj-stripe reads.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -134,3 +135,34 @@ def _intent_create_charge(self: Any, on_failure_now: Callable[[], None]) -> None
     charge.invoice = self.invoice
     self.latest_charge = charge
     charge._initialize_charge(self._on_success, on_failure_now, self._report_async_failure)
+
+
+_METADATA_QUERY = re.compile(r"""^metadata\[['"]([A-Za-z0-9_]+)['"]\]:['"]([^'"]*)['"]$""")
+
+
+def _customer_search(data: Data, _match: dict[str, str], expand: list[str] | None) -> Data:
+    """``GET /v1/customers/search`` for the one query form we use, ``metadata['key']:'value'``
+    (Stripe's search language has many more; anything else is a 400 here). A search result
+    object: ``object: search_result``, ``data``, ``has_more``, ``next_page``, ``url``."""
+    _reject_unknown(data, ("query", "limit", "page"))
+    query = str(data.get("query") or "").strip()
+    found = _METADATA_QUERY.match(query)
+    if not found:
+        raise _error(400, f"Unsupported search query for localstripe: {query!r}", param="query")
+    key, value = found.groups()
+    limit = int(data.get("limit") or 10)
+    if not 1 <= limit <= 100:
+        raise _error(400, "Invalid limit: must be between 1 and 100", param="limit")
+    matches = [
+        c
+        for c in _objects(ls.Customer)
+        if str((c.metadata or {}).get(key, "")) == value and not getattr(c, "deleted", False)
+    ]
+    item_expand = [path[len("data.") :] for path in expand or [] if path.startswith("data.")]
+    return {
+        "object": "search_result",
+        "url": "/v1/customers/search",
+        "data": [c._export(expand=item_expand) for c in matches[:limit]],
+        "has_more": len(matches) > limit,
+        "next_page": None,
+    }

@@ -348,7 +348,8 @@ def requests_per_push(patients: int, proxy, gateway: Gateway, direct) -> None:
     invoice_push(invoice_id=cycle.pk, gateway=gateway)
     stripe_id = str(Invoice.objects.get(pk=cycle.pk).stripe_invoice_id)
     assert [(r.method, r.path.replace(stripe_id, "{id}")) for r in proxy.since(start)] == [
-        ("POST", "/v1/customers"),  # the office's first push only
+        ("GET", "/v1/customers/search"),  # the office's first push only: a customer made before?
+        ("POST", "/v1/customers"),  # ... no: created
         ("POST", "/v1/invoices"),  # a first attempt creates without a look-up
         ("GET", "/v1/invoices/{id}"),
         ("POST", "/v1/invoiceitems"),  # the patients, one item for the group

@@ -456,3 +456,21 @@ def test_it_listens_on_loopback_only_and_keeps_its_store_in_its_tmpdir(tmp_path)
         assert make_client(url).v1.customers.retrieve(customer.id).name == "Kept"
     with run_localstripe(tmpdir=tmp_path, from_scratch=True) as url, pytest.raises(stripe.InvalidRequestError):
         make_client(url).v1.customers.retrieve(customer.id)
+
+
+def test_it_searches_customers_by_metadata_and_lists_invoice_lines_page_by_page(client):
+    office_id = str(time.time_ns())
+    wanted = client.v1.customers.create(params={"name": "Search me", "metadata": {"office_id": office_id}})
+    client.v1.customers.create(params={"name": "Not me", "metadata": {"office_id": office_id + "0"}})
+    found = client.v1.customers.search(params={"query": f"metadata['office_id']:'{office_id}'"})
+    assert [c.id for c in found.data] == [wanted.id] and found.object == "search_result"
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.customers.search(params={"query": "name:'Search me'"})  # not a form localstripe knows
+
+    invoice = client.v1.invoices.create(params={"customer": wanted.id, "auto_advance": False})
+    for n in range(12):
+        client.v1.invoice_items.create(
+            params={"customer": wanted.id, "invoice": invoice.id, "amount": 100 + n, "currency": "usd"}
+        )
+    lines = list(client.v1.invoices.line_items.list(invoice.id, params={"limit": 5}).auto_paging_iter())
+    assert len(lines) == 12 and len({line.id for line in lines}) == 12
