@@ -399,7 +399,8 @@ def test_broker_down_subscribe_and_activate_succeed_and_push_is_queued_later(sta
     reason=(
         "known defect: with a broker that accepts connections but never answers, the push's .delay() "
         "(after commit, inside the request) blocks; socket timeouts in CELERY_BROKER_TRANSPORT_OPTIONS "
-        "still took 25.6 s with kombu's publish retries (measured by hand); open: needs a shorter publish retry policy too"
+        "still took 25.6 s with kombu's publish retries (measured by hand); "
+        "open: needs a shorter publish retry policy too"
     ),
 )
 def test_broker_that_does_not_answer_does_not_hang_a_subscription(stack: Stack) -> None:
