@@ -34,7 +34,7 @@ from billing.models import Invoice, InvoiceStatus, PushState
 from billing.money import format_cents
 from billing.phi_guard import audited_refusals, ours, phi_check
 from billing.services import invoice_void
-from billing.stripe.gateway import Gateway, Permanent
+from billing.stripe.gateway import Gateway, Permanent, stripe_field
 from billing.stripe.push import invoice_push
 from config.errors import ApplicationError, ConflictError
 from offices.models import Office
@@ -190,11 +190,7 @@ def _transition_ts(current: Any, name: str) -> datetime | None:
         return None
 
 
-def _field(obj: Any, name: str) -> Any:
-    try:
-        return obj[name]
-    except (KeyError, TypeError):
-        return None
+_field = stripe_field
 
 
 @transaction.atomic

@@ -174,6 +174,15 @@ def configure_module_client() -> None:
         stripe.api_base = settings.STRIPE_API_BASE
 
 
+def stripe_field(obj: Any, name: str) -> Any:
+    """A field of a Stripe object, or None when it is absent (StripeObject is not a dict
+    in stripe-python 15: no `.get`)."""
+    try:
+        return obj[name]
+    except (KeyError, TypeError):
+        return None
+
+
 def _map_errors(exc: stripe.StripeError) -> GatewayError:
     code = getattr(exc, "code", None)
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__

@@ -26,7 +26,7 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import audit_record
 from billing.models import Invoice, InvoiceStatus, PushState
-from billing.stripe.gateway import Gateway, Permanent
+from billing.stripe.gateway import Gateway, Permanent, stripe_field
 
 logger = logging.getLogger("billing.reconcile")
 
@@ -79,11 +79,7 @@ def invoices_to_reconcile(*, now: datetime, days: int, office_ids: list[int] | N
     return qs
 
 
-def _get(obj: Any, name: str) -> Any:
-    try:
-        return obj[name]
-    except (KeyError, TypeError):
-        return None
+_get = stripe_field
 
 
 def _ref(value: Any) -> str:
