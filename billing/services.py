@@ -31,6 +31,7 @@ from billing.models import (
     Plan,
     PlanChange,
     PlanChangeKind,
+    PushState,
 )
 from billing.phi_guard import audited_refusals, phi_check
 from billing.seam import request_customer_ensure, request_void_sync
@@ -492,7 +493,11 @@ def _invoice_void(*, invoice: Invoice, actor: Any, reason: str) -> Invoice:
         )
     invoice.status = InvoiceStatus.VOID
     invoice.voided_at = timezone.now()
-    invoice.save(update_fields=["status", "voided_at", "updated_at"])
+    if invoice.push_state == PushState.PUSHED:
+        # Stripe holds it: its side is pending again until the void is carried there, so a
+        # lost task (a broker outage) is found by the hourly catch-up, never forgotten.
+        invoice.push_state = PushState.PENDING
+    invoice.save(update_fields=["status", "voided_at", "push_state", "updated_at"])
     request_void_sync(invoice.pk)  # Stripe must not collect it (after commit)
     audit_record(
         action="invoice.voided",

@@ -24,6 +24,7 @@ from billing.models import BillingRun
 from billing.stripe.tasks import (  # noqa: F401 - registers the Stripe tasks with the worker
     customer_ensure_task,
     customer_sync_task,
+    enqueue_pending_customer_syncs,
     enqueue_pending_pushes,
     invoice_push_task,
     invoice_void_sync_task,
@@ -41,6 +42,7 @@ def billing_run_tick(self: Any) -> int | None:
         billing_runs_fail_stalled(now=as_of)
         if settings.STRIPE_PUSH_ENABLED:
             enqueue_pending_pushes()
+            enqueue_pending_customer_syncs()
         due = offices_due(as_of=as_of)
         if not due:
             return None

@@ -71,6 +71,9 @@ class Office(models.Model):
     past_due_since = models.DateTimeField(null=True, blank=True)
 
     payment_provider_customer_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Set when the name or billing email changes; cleared once Stripe's customer carries
+    # them (billing/stripe/push.customer_sync). The hourly sweep re-enqueues what is still set.
+    customer_identity_changed_at = models.DateTimeField(null=True, blank=True, db_index=True)
     payment_provider_subscription_id = models.CharField(max_length=255, null=True, blank=True)
     collection_method = models.CharField(
         max_length=32, choices=CollectionMethod.choices, default=CollectionMethod.CHARGE_AUTOMATICALLY

@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
+from django.utils.timezone import now as utc_now
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from audit.services import audit_record
@@ -97,6 +98,8 @@ def office_update(*, office: Office, actor: Any = None, **changes: Any) -> Offic
     identity_changed = any(k in ("name", "billing_email") and getattr(office, k) != v for k, v in changes.items())
     for key, value in changes.items():
         setattr(office, key, value)
+    if identity_changed:
+        office.customer_identity_changed_at = utc_now()
     office.save()
     if identity_changed:
         office_id = office.pk

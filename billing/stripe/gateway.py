@@ -267,6 +267,14 @@ class Gateway:
         result = self._call(self._client.v1.customers.search, params, None)
         return list(result["data"])
 
+    def customers_list(self) -> Iterator[Any]:
+        """Every customer of the account, page by page (reconciliation's identity check)."""
+        page = self._call(self._client.v1.customers.list, {"limit": 100}, None)
+        try:
+            yield from page.auto_paging_iter()
+        except stripe.StripeError as exc:
+            raise _map_errors(exc) from exc
+
     def customer_update(self, *, office: Office, customer_id: str, key: str) -> Any:
         """Sync the office's business name and billing email (nothing else is sent)."""
         params: CustomerUpdateParams = {"name": office.name, "email": office.billing_email}

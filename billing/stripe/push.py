@@ -223,7 +223,10 @@ def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
     if invoice.push_state not in (PushState.PENDING, PushState.FAILED):
         return invoice
     if invoice.status == InvoiceStatus.VOID:
-        return invoice  # voided before it reached Stripe: invoice_void_sync settles it
+        # Voided locally, the Stripe side not settled yet (the void sync's task was lost,
+        # or the push was asked first): settle it now, under the claim this push holds.
+        _claimed_void_sync(invoice_id=invoice.pk, gateway=gateway)
+        return Invoice.objects.get(pk=invoice.pk)
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
     office = invoice.office
@@ -335,15 +338,26 @@ def _missing(items: Iterable[StripeItem], present: set[str]) -> list[StripeItem]
 
 
 def customer_sync(*, office_id: int, gateway: Gateway | None = None) -> None:
-    """Later changes of the office's name or billing email are synced to its customer."""
+    """Later changes of the office's name or billing email are synced to its customer.
+
+    The change is marked on the office (`customer_identity_changed_at`) in the same
+    transaction as the change itself, and the mark is cleared here only once Stripe has
+    the values, and only if no newer change came meanwhile; so a lost task or a broker
+    outage delays the sync (the hourly sweep re-enqueues it), never loses it."""
     office = Office.objects.get(pk=office_id)
+    marked = office.customer_identity_changed_at
     if not office.payment_provider_customer_id:
-        return  # created with the current values at the first push
+        return  # created with the current values; the mark stays until a customer exists
+    stamp = (marked or office.updated_at).timestamp()
     (gateway or Gateway()).customer_update(
         office=office,
         customer_id=office.payment_provider_customer_id,
-        key=f"office:{office.pk}:customer-update:{office.updated_at.timestamp():.6f}",
+        key=f"office:{office.pk}:customer-update:{stamp:.6f}",
     )
+    if marked is not None:
+        Office.objects.filter(pk=office.pk, customer_identity_changed_at=marked).update(
+            customer_identity_changed_at=None
+        )
     audit_record(
         action="stripe.customer_updated", target=office, office_id=office.pk, data={"fields": ["name", "email"]}
     )
@@ -389,6 +403,9 @@ def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
             reason="status",
             data={"local": "void", "stripe": "paid", "stripe_id": stripe_id},
         )
+        # Settled as far as we can (an operator refunds): not retried hourly; the daily
+        # reconciliation keeps reporting the status mismatch until someone acts.
+        Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
         return
     Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
     audit_record(action="invoice.voided_in_stripe", target=invoice, office_id=office.pk, data={"stripe_id": stripe_id})

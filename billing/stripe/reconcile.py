@@ -7,6 +7,11 @@ customer's invoices (one paginated list per office, from a little before the old
 invoice checked), never one call per invoice; only an invoice missing from its
 customer's list is fetched by id, to tell "under another customer" from "missing".
 
+Customers are compared too, from one paginated list of the account's customers: each
+office's customer must exist, point back at the office (`metadata.office_id`), carry its
+name and billing email (unless a sync is still under way, for less than an hour), and be
+the only customer that claims the office.
+
 Mismatches are returned, printed by `manage.py reconcile_stripe`, and audited one by one
 (`reconciliation.mismatch`). Nothing is changed, least of all money: a wrong invoice is
 an operator's decision (void and reissue, or a Stripe-side fix)."""
@@ -27,6 +32,7 @@ from audit.models import Outcome
 from audit.services import audit_record
 from billing.models import Invoice, InvoiceStatus, PushState
 from billing.stripe.gateway import Gateway, Permanent, stripe_field
+from offices.models import Office
 
 logger = logging.getLogger("billing.reconcile")
 
@@ -43,7 +49,8 @@ class Mismatch:
     """One field where a local invoice and Stripe disagree."""
 
     # amount | currency | status | customer | amount_remaining | past_due | missing_in_stripe |
-    # not_pushed | duplicate | unknown_in_stripe
+    # not_pushed | duplicate | unknown_in_stripe; per office (invoice_id None):
+    # customer_missing | customer_office | customer_name | customer_email | duplicate_customer
     field: str
     local: str
     stripe: str
@@ -60,6 +67,7 @@ class ReconcileReport:
     since: datetime
     checked: int = 0
     customers_listed: int = 0
+    customers_seen: int = 0
     stripe_invoices_seen: int = 0
     fetched_by_id: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
@@ -163,13 +171,20 @@ def reconcile_stripe(
             report.customers_listed += 1
             report.stripe_invoices_seen += len(remote_invoices)
         report.mismatches.extend(_office_mismatches(gw, report, invoices, remote_invoices, customer_id, now))
+    report.mismatches.extend(_customer_mismatches(gw, report, now=now, office_ids=office_ids))
 
     if audit:
         for item in report.mismatches:
+            if item.invoice_id:
+                target_type, target_id = Invoice._meta.label, str(item.invoice_id)
+            elif item.field in CUSTOMER_FIELDS:
+                target_type, target_id = Office._meta.label, str(item.office_id)
+            else:
+                target_type, target_id = "stripe.invoice", item.stripe_invoice_id
             audit_record(
                 action="reconciliation.mismatch",
-                target_type=Invoice._meta.label if item.invoice_id else "stripe.invoice",
-                target_id=item.invoice_id if item.invoice_id else item.stripe_invoice_id,
+                target_type=target_type,
+                target_id=target_id,
                 office_id=item.office_id,
                 outcome=Outcome.FAILURE,
                 reason=item.field,
@@ -187,6 +202,7 @@ def reconcile_stripe(
                 "since": report.since.isoformat(),
                 "checked": report.checked,
                 "customers_listed": report.customers_listed,
+                "customers_seen": report.customers_seen,
                 "stripe_invoices_seen": report.stripe_invoices_seen,
                 "fetched_by_id": report.fetched_by_id,
                 "mismatches": len(report.mismatches),
@@ -283,6 +299,63 @@ def _office_mismatches(
                 stripe_invoice_id=_ref(remote),
             )
         )
+    return found
+
+
+CUSTOMER_FIELDS = ("customer_missing", "customer_office", "customer_name", "customer_email", "duplicate_customer")
+
+
+def _customer_mismatches(
+    gw: Gateway, report: ReconcileReport, *, now: datetime, office_ids: list[int] | None
+) -> list[Mismatch]:
+    """Each office's Stripe customer against the office (spec §8: one customer per office,
+    carrying its business name and billing email, nothing else)."""
+    offices = Office.objects.exclude(payment_provider_customer_id__isnull=True).exclude(payment_provider_customer_id="")
+    if office_ids:
+        offices = offices.filter(pk__in=office_ids)
+    by_customer = {office.payment_provider_customer_id: office for office in offices.order_by("pk")}
+    if not by_customer:
+        return []
+    wanted = {str(office.pk) for office in by_customer.values()}
+    seen: dict[str, Any] = {}
+    claims: dict[str, list[str]] = defaultdict(list)
+    for customer in gw.customers_list():
+        report.customers_seen += 1
+        customer_id = _ref(customer)
+        claimed = str(_get(_get(customer, "metadata"), "office_id") or "")
+        if claimed in wanted:
+            claims[claimed].append(customer_id)
+        if customer_id in by_customer:
+            seen[customer_id] = customer
+
+    found: list[Mismatch] = []
+
+    def mismatch(office: Office, name: str, local: Any, stripe: Any, customer_id: str) -> Mismatch:
+        return Mismatch(
+            field=name, local=str(local), stripe=str(stripe), office_id=office.pk, stripe_invoice_id=customer_id
+        )
+
+    for customer_id, office in by_customer.items():
+        customer = seen.get(customer_id)
+        if customer is None:
+            found.append(mismatch(office, "customer_missing", customer_id, "absent or deleted", customer_id))
+            continue
+        claimed = str(_get(_get(customer, "metadata"), "office_id") or "")
+        if claimed != str(office.pk):
+            found.append(mismatch(office, "customer_office", office.pk, claimed or "none", customer_id))
+        syncing = (
+            office.customer_identity_changed_at is not None and now - office.customer_identity_changed_at < PUSH_OVERDUE
+        )
+        if not syncing:
+            if str(_get(customer, "name") or "") != office.name:
+                found.append(mismatch(office, "customer_name", office.name, _get(customer, "name") or "", customer_id))
+            if str(_get(customer, "email") or "").lower() != office.billing_email.lower():
+                found.append(
+                    mismatch(office, "customer_email", office.billing_email, _get(customer, "email") or "", customer_id)
+                )
+        copies = claims.get(str(office.pk), [])
+        if len(copies) > 1:
+            found.append(mismatch(office, "duplicate_customer", customer_id, ",".join(sorted(copies)), customer_id))
     return found
 
 

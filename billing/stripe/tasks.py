@@ -46,6 +46,21 @@ def enqueue_pending_pushes(*, older_than: timedelta = timedelta(minutes=10), lim
     return len(ids)
 
 
+def enqueue_pending_customer_syncs(*, older_than: timedelta = timedelta(minutes=10), limit: int = 5000) -> int:
+    """Re-enqueue the name/email syncs that no task finished (spec §8: nothing is lost to
+    a broker outage): offices whose change mark is still set and that have a customer."""
+    cutoff = timezone.now() - older_than
+    ids = list(
+        Office.objects.filter(customer_identity_changed_at__lt=cutoff, payment_provider_customer_id__isnull=False)
+        .exclude(payment_provider_customer_id="")
+        .order_by("customer_identity_changed_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for office_id in ids:
+        customer_sync_task.delay(office_id)
+    return len(ids)
+
+
 @shared_task(name="billing.stripe.tasks.customer_ensure_task", bind=True, acks_late=True, **RETRY)
 def customer_ensure_task(self: Any, office_id: int) -> str:
     """The office's Stripe customer, looked up or created once, right after it subscribes."""

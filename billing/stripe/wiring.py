@@ -12,9 +12,10 @@ from django.conf import settings
 
 def _sync_customer(sender: Any, office_id: int, **kwargs: Any) -> None:
     if settings.STRIPE_PUSH_ENABLED:
+        from billing.stripe.publisher import publisher
         from billing.stripe.tasks import customer_sync_task
 
-        customer_sync_task.delay(office_id)
+        publisher.submit(customer_sync_task, office_id)
 
 
 def connect() -> None:
@@ -28,8 +29,10 @@ def connect() -> None:
     install_djstripe_adapter()  # dj-stripe never writes the API key into its tables
     configure_module_client()  # dj-stripe's own calls: our pinned version and TLS floor
     if settings.STRIPE_PUSH_ENABLED:
+        from billing.stripe.publisher import publisher
         from billing.stripe.tasks import customer_ensure_task, invoice_push_task, invoice_void_sync_task
 
-        register_customer_handler(lambda office_id: customer_ensure_task.delay(office_id))
-        register_push_handler(lambda invoice_id: invoice_push_task.delay(invoice_id))
-        register_void_handler(lambda invoice_id: invoice_void_sync_task.delay(invoice_id))
+        # Published from a thread of its own: a request never waits on the broker.
+        register_customer_handler(lambda office_id: publisher.submit(customer_ensure_task, office_id))
+        register_push_handler(lambda invoice_id: publisher.submit(invoice_push_task, invoice_id))
+        register_void_handler(lambda invoice_id: publisher.submit(invoice_void_sync_task, invoice_id))

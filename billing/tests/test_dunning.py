@@ -359,3 +359,48 @@ def test_stripe_marks_paid_an_invoice_with_no_payment_note_when_paid_out_of_band
     assert setup_fee.status == InvoiceStatus.PAID
     assert setup_fee.payment_note == "paid out of band (recorded in Stripe)"
     assert audits("payment.succeeded", office_id=office.pk)[0].data["out_of_band"] is True
+
+
+# --- Written off in Stripe (issue 8: what marked_uncollectible does to a suspended office) ---
+
+
+def test_an_invoice_marked_uncollectible_no_longer_holds_its_office_suspended(stripe_env):
+    """docs/payment-plan.md §8: an uncollectible invoice is written off; it no longer counts as
+    past due, so an office suspended only for it is active again at once (audited), and
+    collecting it later (uncollectible → paid) changes the office no further."""
+    url = stripe_env
+    office, setup_fee, cycle = send_invoice_office(patients=2)
+    gateway = Gateway(client(api_base=url))
+    push_all(office, gateway)
+    later = setup_fee.due_at + GRACE + timedelta(hours=1)
+    dunning_run(now=later)
+    office.refresh_from_db()
+    assert office.subscription_status == SubscriptionStatus.SUSPENDED
+
+    setup_fee.refresh_from_db()
+    marked = stripe_post(url, f"/v1/invoices/{setup_fee.stripe_invoice_id}/mark_uncollectible")
+    assert marked["status"] == "uncollectible"
+    with at(later + timedelta(minutes=1)):
+        for event in events_of(url, office.payment_provider_customer_id, {"invoice.marked_uncollectible"}):
+            assert deliver(event).status_code == 200
+    office.refresh_from_db()
+    setup_fee.refresh_from_db()
+    assert setup_fee.status == InvoiceStatus.UNCOLLECTIBLE and setup_fee.marked_uncollectible_at is not None
+    assert office.subscription_status == SubscriptionStatus.ACTIVE and office.past_due_since is None
+    assert audits("subscription.reactivated", office_id=office.pk)[0].data["from"] == "suspended"
+    assert payment_status(office=office).past_due_cents == 0
+    # The cycle invoice, not yet due, is untouched; the next dunning pass keeps the office active.
+    assert Invoice.objects.get(pk=cycle.pk).status == InvoiceStatus.OPEN
+    dunning_run(now=later + timedelta(minutes=2))
+    office.refresh_from_db()
+    assert office.subscription_status == SubscriptionStatus.ACTIVE
+
+    # Paid after all (a cheque arrives): the invoice is paid, the office stays as it is.
+    stripe_post(url, f"/v1/invoices/{setup_fee.stripe_invoice_id}/pay", paid_out_of_band="true")
+    with at(later + timedelta(minutes=3)):
+        for event in events_of(url, office.payment_provider_customer_id, {"invoice.paid"}):
+            assert deliver(event).status_code == 200
+    office.refresh_from_db()
+    assert Invoice.objects.get(pk=setup_fee.pk).status == InvoiceStatus.PAID
+    assert office.subscription_status == SubscriptionStatus.ACTIVE
+    assert len(audits("subscription.reactivated", office_id=office.pk)) == 1

@@ -77,7 +77,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 30}
     )
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test.sqlite3")
+    # The test database is a file (pytest --reuse-db keeps it); two suites run side by side
+    # each name their own with TEST_SQLITE_PATH.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
+        "TEST_SQLITE_PATH", default=str(VAR_DIR / "test.sqlite3")
+    )
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database that does not answer fails a request in seconds (a JSON 503), never hangs it.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
@@ -221,6 +225,20 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+else:
+    # A broker that accepts the connection but never answers (a half-dead server, a
+    # partition): requests never publish in their own thread (billing/stripe/publisher.py),
+    # and these timeouts keep the publishing thread, beat and workers from waiting forever.
+    # Whatever is not enqueued (a push, a void, a customer sync) stays marked in the
+    # database and is re-enqueued by the hourly catch-up. Workers poll with a 1 s BRPOP,
+    # so the socket timeout stays above it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.5),
+        "socket_connect_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.5),
+    }
+    CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.5)
+# One quick retry of a failed publish, then the error (logged by the on-commit hook).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

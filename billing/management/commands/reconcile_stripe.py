@@ -52,7 +52,8 @@ class Command(BaseCommand):
             raise CommandError(f"Stripe could not be read: {exc}") from exc
         self.stdout.write(
             f"Checked {report.checked} invoices (open, or changed since {report.since:%Y-%m-%d %H:%M} UTC) "
-            f"against {report.stripe_invoices_seen} Stripe invoices of {report.customers_listed} customers."
+            f"against {report.stripe_invoices_seen} Stripe invoices of {report.customers_listed} customers; "
+            f"{report.customers_seen} Stripe customers compared with their offices."
         )
         if not report.mismatches:
             self.stdout.write(self.style.SUCCESS("No mismatches."))

@@ -88,7 +88,9 @@ def test_it_finds_nothing_after_clean_pushes_with_one_list_per_customer(stripe_e
 
     assert report.mismatches == []
     assert report.checked == 4 and report.customers_listed == 2 and report.fetched_by_id == 0
-    assert session.calls == [("GET", "/v1/invoices"), ("GET", "/v1/invoices")]  # one list per customer
+    # One invoice list per customer, and one list of customers for the identity check.
+    assert session.calls == [("GET", "/v1/invoices"), ("GET", "/v1/invoices"), ("GET", "/v1/customers")]
+    assert report.customers_seen >= 2
     [finished] = audits("reconciliation.finished")
     assert finished.data["mismatches"] == 0 and finished.data["checked"] == 4
     assert not audits("reconciliation.mismatch")
