@@ -313,7 +313,7 @@ def _customer_mismatches(
     offices = Office.objects.exclude(payment_provider_customer_id__isnull=True).exclude(payment_provider_customer_id="")
     if office_ids:
         offices = offices.filter(pk__in=office_ids)
-    by_customer = {office.payment_provider_customer_id: office for office in offices.order_by("pk")}
+    by_customer = {str(office.payment_provider_customer_id): office for office in offices.order_by("pk")}
     if not by_customer:
         return []
     wanted = {str(office.pk) for office in by_customer.values()}
