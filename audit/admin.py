@@ -6,13 +6,14 @@ delete, so the console cannot even try. `audit` imports no other app."""
 from __future__ import annotations
 
 from django.contrib import admin
+from unfold.admin import ModelAdmin
 
 from audit.models import DISPLAY_FIELDS, AuditAnchor, AuditChainHead, AuditEvent
 from config.admin_mixins import ReadOnlyAdminMixin
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("seq", "ts", "actor", "action", "target", "office_id", "outcome")
     list_display_links = ("seq", "ts")
     list_filter = ("action", "actor_type", "outcome")
@@ -34,14 +35,14 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(AuditChainHead)
-class AuditChainHeadAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditChainHeadAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("id", "seq", "entry_hash", "updated_at")
     search_fields = ("entry_hash",)
     list_filter = ("updated_at",)
 
 
 @admin.register(AuditAnchor)
-class AuditAnchorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditAnchorAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("seq", "entry_hash", "anchored_at")
     search_fields = ("entry_hash", "seq")
     list_filter = ("anchored_at",)

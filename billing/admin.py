@@ -23,10 +23,10 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
+from unfold.admin import ModelAdmin, TabularInline
 
 from audit.services import audit_record
-from billing.engine.cycles import zone
+from billing.dates import local_today
 from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
@@ -49,6 +49,7 @@ from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
 from billing.stripe.push import invoice_push
 from config.admin_mixins import ReadOnlyAdminMixin
+from config.console import arrange_third_party_pages
 from config.errors import ApplicationError
 from offices.admin import AuditedReadsMixin, OfficeAdmin, ServiceAdminMixin, ServiceModelForm
 from offices.models import Office
@@ -81,7 +82,7 @@ class PlanForm(ServiceModelForm):
 
 
 @admin.register(Plan)
-class PlanAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class PlanAdmin(ServiceAdminMixin, ModelAdmin):
     form = PlanForm
     list_display = (
         "code",
@@ -129,7 +130,7 @@ class PlanAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(PlanChange)
-class PlanChangeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class PlanChangeAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("id", "office", "plan", "kind", "requested_at", "requested_by")
     list_filter = ("kind", "plan")
     list_select_related = ("office", "plan", "requested_by")
@@ -140,7 +141,7 @@ class PlanChangeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # --- Invoices and lines ----------------------------------------------------------------
 
 
-class LineItemInline(ReadOnlyAdminMixin, admin.TabularInline):
+class LineItemInline(ReadOnlyAdminMixin, TabularInline):
     model = LineItem
     fields = ("kind", "description", "patient_ref", "quantity", "unit", "amount")
     readonly_fields = fields
@@ -205,7 +206,7 @@ class OutOfBandPaymentForm(forms.Form):
         self.fields["amount"].label = f"Amount ({invoice.currency.upper()})"
         if not self.is_bound:
             self.initial["amount"] = cents_to_major(invoice.total_cents, invoice.currency)
-            self.initial["received_on"] = timezone.now().astimezone(zone(invoice.office.timezone)).date()
+            self.initial["received_on"] = local_today(invoice.office.timezone)
 
     def clean_amount(self) -> Decimal:
         amount: Decimal = self.cleaned_data["amount"]
@@ -222,7 +223,7 @@ class OutOfBandPaymentForm(forms.Form):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     """Read-only: finalized content is frozen (spec §6) and drafts belong to the engine."""
 
     audit_read_action = "invoice"
@@ -334,7 +335,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(WebhookRejectionWindow)
-class WebhookRejectionWindowAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class WebhookRejectionWindowAdmin(ReadOnlyAdminMixin, ModelAdmin):
     """Rejected webhook deliveries counted per source, reason and minute."""
 
     list_display = ("window_start", "source_ip", "reason", "count", "last_at", "summarized_at")
@@ -344,7 +345,7 @@ class WebhookRejectionWindowAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class StripeEventAdmin(ReadOnlyAdminMixin, ModelAdmin):
     """Verified webhook events, once per event id (no bodies, no secrets)."""
 
     list_display = ("event_id", "type", "status", "office", "deliveries", "attempts", "mirrored", "stripe_created")
@@ -354,7 +355,7 @@ class StripeEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(LineItem)
-class LineItemAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class LineItemAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     audit_read_action = "invoice_line"
     audit_office_path = "invoice__office_id"
 
@@ -375,7 +376,7 @@ class LineItemAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(InvoiceNumberSequence)
-class InvoiceNumberSequenceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class InvoiceNumberSequenceAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("year", "last_value")
     search_fields = ("year",)
     list_filter = ("year",)
@@ -384,7 +385,7 @@ class InvoiceNumberSequenceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # --- Billing runs ----------------------------------------------------------------------
 
 
-class BillingRunErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
+class BillingRunErrorInline(ReadOnlyAdminMixin, TabularInline):
     model = BillingRunError
     fields = ("office", "message", "created_at")
     readonly_fields = fields
@@ -393,7 +394,7 @@ class BillingRunErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
     can_delete = False
 
 
-class BillingRunChunkInline(ReadOnlyAdminMixin, admin.TabularInline):
+class BillingRunChunkInline(ReadOnlyAdminMixin, TabularInline):
     model = BillingRunChunk
     fields = ("seq", "office_ids", "deliveries", "done_at")
     readonly_fields = fields
@@ -414,7 +415,7 @@ RUN_FIGURES = (
 
 
 @admin.register(BillingRun)
-class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BillingRunAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("id", "as_of", "trigger", "status", "started_at", "finished_at", *RUN_FIGURES)
     list_filter = ("status", "trigger")
     search_fields = ("trigger",)
@@ -435,7 +436,7 @@ class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(BillingRunError)
-class BillingRunErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BillingRunErrorAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("id", "run", "office", "message", "created_at")
     list_select_related = ("run", "office")
     list_filter = ("office",)
@@ -443,7 +444,7 @@ class BillingRunErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(BillingRunChunk)
-class BillingRunChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BillingRunChunkAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = ("id", "run", "seq", "deliveries", "done_at")
     list_select_related = ("run",)
     list_filter = (("done_at", admin.EmptyFieldListFilter),)
@@ -655,3 +656,6 @@ def _unregister_djstripe_secret_admins() -> None:
 
 
 _unregister_djstripe_secret_admins()
+
+
+arrange_third_party_pages()  # last of our admin modules: every app's pages are registered by now

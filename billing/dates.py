@@ -4,13 +4,20 @@ shows goes through here."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
+
+from django.utils import timezone
 
 
 def local_day(instant: datetime, tz_name: str) -> str:
     """The calendar date of `instant` in the zone, ISO 8601: "2026-04-10"."""
     return instant.astimezone(ZoneInfo(tz_name)).date().isoformat()
+
+
+def local_today(tz_name: str) -> date:
+    """Today's calendar date in the zone (what "today" means to the office's people)."""
+    return timezone.now().astimezone(ZoneInfo(tz_name)).date()
 
 
 def local_minute(instant: datetime, tz_name: str) -> str:

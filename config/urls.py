@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from audit.api import AuditEventsView
@@ -15,13 +16,14 @@ from billing.api import (
     SubscriptionView,
 )
 from billing.stripe.webhooks import stripe_webhook
+from config.api_index import api_index
 from config.auth_api import LogoutView, TokenView
 from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
 from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView
 
-admin.site.site_header = "Billing operator console"
-admin.site.site_title = "Billing operator console"
-admin.site.index_title = "Operations"
+admin.site.site_header = "Billing console"
+admin.site.site_title = "Billing console"
+admin.site.index_title = "Overview"
 
 api_v1 = [
     path("plans/", PlansView.as_view()),
@@ -44,11 +46,13 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),  # the console (office admins use the API)
     path("admin/", admin.site.urls),
     path("stripe/webhook/", stripe_webhook),
     # Authentication (config/auth_api.py): outside api_v1, whose resources the authz matrix covers.
     path("api/v1/auth/token/", TokenView.as_view(), name="auth-token"),
     path("api/v1/auth/logout/", LogoutView.as_view(), name="auth-logout"),
+    path("api/v1/", api_index, name="api-index"),  # outside api_v1: public, reads nothing
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

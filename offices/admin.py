@@ -14,12 +14,16 @@ from typing import Any, cast
 from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
 from django.db import models, transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from guardian.shortcuts import get_users_with_perms
+from unfold.admin import ModelAdmin
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
 from audit.services import audit_record
 from config.errors import ApplicationError
@@ -138,7 +142,7 @@ class AuditedReadsMixin:
 
 
 @admin.register(Company)
-class CompanyAdmin(admin.ModelAdmin):
+class CompanyAdmin(ModelAdmin):
     list_display = ("name", "office_count", "created_at")
     search_fields = ("name",)
     list_filter = ("created_at",)
@@ -220,7 +224,7 @@ class OfficeForm(ServiceModelForm):
 
 
 @admin.register(Office)
-class OfficeAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class OfficeAdmin(ServiceAdminMixin, ModelAdmin):
     form = OfficeForm
     list_display = (
         "name",
@@ -292,10 +296,14 @@ class OfficeAdmin(ServiceAdminMixin, admin.ModelAdmin):
 OPERATOR_FLAGS = ("is_staff", "is_superuser", "is_active")
 
 
-class AuditedUserAdmin(DjangoUserAdmin):
-    """Django's user admin, with every change of operator status (`is_staff`,
+class AuditedUserAdmin(DjangoUserAdmin, ModelAdmin):
+    """Django's user admin (in the console's theme), with every change of operator status (`is_staff`,
     `is_superuser`, `is_active`), group membership (the compliance-auditor group among
     them) and direct permissions audited with the operator who made it (spec §9)."""
+
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         before = User.objects.filter(pk=obj.pk).values(*OPERATOR_FLAGS).first() if change and obj.pk else None
@@ -347,6 +355,13 @@ class AuditedUserAdmin(DjangoUserAdmin):
             )
 
 
+class ThemedGroupAdmin(DjangoGroupAdmin, ModelAdmin):
+    """Django's group admin in the console's theme (the compliance-auditor group lives here)."""
+
+
 if admin.site.is_registered(User):
     admin.site.unregister(User)
 admin.site.register(User, AuditedUserAdmin)
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+admin.site.register(Group, ThemedGroupAdmin)

@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
+from unfold.admin import ModelAdmin, TabularInline
 
 from config.admin_mixins import ReadOnlyAdminMixin
 from offices.admin import AuditedReadsMixin
@@ -49,7 +50,7 @@ class PatientStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ActivationIntervalInline(ReadOnlyAdminMixin, admin.TabularInline):
+class ActivationIntervalInline(ReadOnlyAdminMixin, TabularInline):
     model = ActivationInterval
     fields = ("activated_at", "deactivated_at")
     readonly_fields = fields
@@ -59,7 +60,7 @@ class ActivationIntervalInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class PatientAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, ModelAdmin):
     audit_read_action = "patient"
 
     # Every attribute that could name a field is spelled out, so no default brings PHI in.
@@ -101,7 +102,7 @@ class IntervalOpenFilter(admin.SimpleListFilter):
 
 
 @admin.register(ActivationInterval)
-class ActivationIntervalAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class ActivationIntervalAdmin(AuditedReadsMixin, RestrictedLookupsMixin, ReadOnlyAdminMixin, ModelAdmin):
     audit_read_action = "activation_history"
 
     list_display = ("id", "billing_ref", "office", "activated_at", "deactivated_at")

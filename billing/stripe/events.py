@@ -27,8 +27,9 @@ from django.utils import timezone
 
 from audit.models import ActorType, Outcome
 from audit.services import audit_record
+from billing.dates import local_today
 from billing.dunning import office_payment_state_refresh
-from billing.engine.cycles import zone
+from billing.engine.cycles import local_date, zone
 from billing.engine.office import lock_office
 from billing.models import Invoice, InvoiceStatus, PushState
 from billing.money import format_cents
@@ -312,9 +313,8 @@ def _payment_details(
     if reference:
         details["reference"] = reference
     if received_on is not None:
-        tz = zone(invoice.office.timezone)
-        today = timezone.now().astimezone(tz).date()
-        issued = invoice.finalized_at.astimezone(tz).date() if invoice.finalized_at else None
+        today = local_today(invoice.office.timezone)
+        issued = local_date(invoice.finalized_at, zone(invoice.office.timezone)) if invoice.finalized_at else None
         if received_on > today:
             raise ApplicationError(f"The payment date {received_on} is in the future.", {"field": "received_on"})
         if issued is not None and received_on < issued:

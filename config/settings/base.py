@@ -17,6 +17,7 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 
 INSTALLED_APPS = [
+    "unfold",  # the operator console's theme (django-unfold); before django.contrib.admin
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -213,6 +214,21 @@ CACHES = {"default": env.cache_url_config(env.str("CACHE_URL", default="") or "d
 AUDITLOG_DISABLE_REMOTE_ADDR = False
 AUDITLOG_CID_GETTER = "audit.middleware.current_request_id"
 AUDITLOG_DISABLE_ON_RAW_SAVE = True
+
+# --- Operator console (django-unfold) --------------------------------------------------
+LOGIN_URL = "/admin/login/"
+LOGIN_REDIRECT_URL = "/admin/"
+UNFOLD = {
+    "SITE_TITLE": "Billing console",
+    "SITE_HEADER": "Billing console",
+    "SITE_SUBHEADER": "Operators",
+    "SITE_URL": "/admin/",  # "View site" leads back to the console, not to a bare 404
+    "SITE_SYMBOL": "receipt_long",
+    "SHOW_VIEW_ON_SITE": False,
+    "SHOW_HISTORY": True,
+    "DASHBOARD_CALLBACK": "billing.console.dashboard_callback",
+    "SIDEBAR": {"show_search": True, "show_all_applications": False, "navigation": "config.console.sidebar_navigation"},
+}
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"
