@@ -47,6 +47,7 @@ api_v1 = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),  # the console (office admins use the API)
+    path("favicon.ico", RedirectView.as_view(url="/static/console/favicon.svg", permanent=True)),
     path("admin/", admin.site.urls),
     path("stripe/webhook/", stripe_webhook),
     # Authentication (config/auth_api.py): outside api_v1, whose resources the authz matrix covers.

@@ -224,6 +224,7 @@ UNFOLD = {
     "SITE_SUBHEADER": "Operators",
     "SITE_URL": "/admin/",  # "View site" leads back to the console, not to a bare 404
     "SITE_SYMBOL": "receipt_long",
+    "SITE_FAVICONS": [{"rel": "icon", "type": "image/svg+xml", "href": "/static/console/favicon.svg"}],
     "SHOW_VIEW_ON_SITE": False,
     "SHOW_HISTORY": True,
     "DASHBOARD_CALLBACK": "billing.console.dashboard_callback",
