@@ -215,6 +215,8 @@ def _outside_transaction() -> None:
 class Gateway:
     """Typed calls for what we use. Each POST names its idempotency key."""
 
+    page_size = 100  # rows per page of every list we read (Stripe's maximum)
+
     def __init__(self, stripe_client: stripe.StripeClient | None = None) -> None:
         self._client = stripe_client or client()
 
@@ -269,7 +271,7 @@ class Gateway:
 
     def customers_list(self) -> Iterator[Any]:
         """Every customer of the account, page by page (reconciliation's identity check)."""
-        page = self._call(self._client.v1.customers.list, {"limit": 100}, None)
+        page = self._call(self._client.v1.customers.list, {"limit": self.page_size}, None)
         try:
             yield from page.auto_paging_iter()
         except stripe.StripeError as exc:
@@ -366,7 +368,7 @@ class Gateway:
             lambda params, options: self._client.v1.invoices.line_items.list(
                 stripe_invoice_id, params=params, options=options
             ),
-            {"limit": 100},
+            {"limit": self.page_size},
             None,
         )
         try:

@@ -404,3 +404,21 @@ def test_an_invoice_marked_uncollectible_no_longer_holds_its_office_suspended(st
     assert Invoice.objects.get(pk=setup_fee.pk).status == InvoiceStatus.PAID
     assert office.subscription_status == SubscriptionStatus.ACTIVE
     assert len(audits("subscription.reactivated", office_id=office.pk)) == 1
+
+
+def test_a_retried_out_of_band_payment_whose_stripe_side_already_succeeded_is_recorded(stripe_env):
+    """Issue 8, item 17: the first attempt's `/pay` (paid_out_of_band) reached Stripe, then
+    the process died before the local invoice was paid. The operator tries again: no
+    conflict, the payment is recorded once, with the note of the retry."""
+    url = stripe_env
+    office, setup_fee, _ = send_invoice_office()
+    gateway = Gateway(client(api_base=url))
+    push_all(office, gateway)
+    setup_fee.refresh_from_db()
+    stripe_post(url, f"/v1/invoices/{setup_fee.stripe_invoice_id}/pay", paid_out_of_band="true")  # the lost attempt
+    assert Invoice.objects.get(pk=setup_fee.pk).status == InvoiceStatus.OPEN
+
+    paid = invoice_mark_paid_out_of_band(invoice=setup_fee, actor=operator(), note="Wire 88120", gateway=gateway)
+    assert paid.status == InvoiceStatus.PAID and paid.payment_note == "Wire 88120"
+    assert stripe_get(url, f"/v1/invoices/{setup_fee.stripe_invoice_id}")["status"] == "paid"
+    assert len(audits("payment.out_of_band", office_id=office.pk)) == 1

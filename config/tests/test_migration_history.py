@@ -57,3 +57,32 @@ def test_it_needs_no_new_migration_when_a_setting_changes(settings, zone: str) -
     out = io.StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin"])
+def test_it_needs_no_new_migration_in_a_process_started_with_other_settings(zone: str, tmp_path) -> None:
+    """The settings as the environment gives them, read at start-up (a default read when
+    the models are imported would be baked in; changing `settings` afterwards cannot show
+    that, a fresh process can)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "BILLING_DEFAULT_TIMEZONE": zone,
+        "BILLING_DEFAULT_CURRENCY": "eur",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",  # nothing applied: all history is "new"
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No changes detected" in done.stdout

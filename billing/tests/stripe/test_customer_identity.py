@@ -167,3 +167,26 @@ def test_reconciliation_waits_for_a_sync_under_way_and_reports_one_that_is_overd
     Office.objects.filter(pk=office.pk).update(customer_identity_changed_at=timezone.now() - timedelta(hours=2))
     found = by_field(reconcile_stripe(gateway=gateway, office_ids=[office.pk], audit=False), office)
     assert (found["customer_name"].local, found["customer_name"].stripe) == ("After Clinic", "Before Clinic")
+
+
+def test_a_customer_made_by_an_attempt_whose_answer_was_lost_is_found_not_made_again(
+    gateway: Gateway, stripe_url: str
+) -> None:
+    """Issue 8, item 7: an earlier attempt created the customer and its answer was lost,
+    longer ago than Stripe keeps idempotency keys (so the same key would create another).
+    The look-up by `metadata.office_id` finds it; no second customer is made."""
+    office = OfficeFactory(name="Lost Answer Clinic")
+    earlier = stripe_post(
+        stripe_url,
+        "/v1/customers",
+        name=office.name,
+        email=office.billing_email,
+        **{"metadata[office_id]": str(office.pk)},
+    )
+    assert customer_ensure(office=office, gateway=gateway) == earlier["id"]
+    assert Office.objects.get(pk=office.pk).payment_provider_customer_id == earlier["id"]
+    claiming = stripe_get(stripe_url, "/v1/customers/search", query=f"metadata['office_id']:'{office.pk}'")
+    assert [c["id"] for c in claiming["data"]] == [earlier["id"]]
+    assert [a.data["customer"] for a in audits("stripe.customer_found", office_id=office.pk)] == [earlier["id"]]
+    # Asked again (a retried task): the stored id, no call to create.
+    assert customer_ensure(office=Office.objects.get(pk=office.pk), gateway=gateway) == earlier["id"]

@@ -182,3 +182,38 @@ def test_it_refuses_and_audits_a_payload_carrying_phi_before_any_request(setting
     refusal = AuditEvent.objects.get(action="phi_guard.refused")
     assert refusal.outcome == "denied" and refusal.office_id == office.pk
     assert "Quuxworth" not in str(refusal.data) and "Quuxworth" not in refusal.reason
+
+
+class CrashAfterItems(Gateway):
+    """A worker that dies (here: raises) after adding `items` items to the Stripe draft."""
+
+    def __init__(self, stripe_client, items: int) -> None:
+        super().__init__(stripe_client)
+        self.left = items
+
+    def invoice_item_create(self, **kwargs):
+        if self.left == 0:
+            raise SystemExit("worker killed mid-push")
+        self.left -= 1
+        return super().invoice_item_create(**kwargs)
+
+
+def test_a_resumed_push_reads_every_page_of_the_drafts_lines(gateway, stripe_url):
+    """Issue 8, item 17: a retrieved invoice embeds only the first page of its lines; the
+    resumed push lists them page by page (one line a page here) and adds only the missing."""
+    from billing.services import invoice_create_one_off
+
+    office = billed_office(patients=1)
+    lines = [{"description": f"Training session {n}", "amount_cents": 1000 * n} for n in range(1, 5)]
+    invoice = invoice_create_one_off(office=office, lines=lines)
+    with pytest.raises(SystemExit):
+        invoice_push(invoice_id=invoice.pk, gateway=CrashAfterItems(client(api_base=stripe_url), items=3))
+    assert Invoice.objects.get(pk=invoice.pk).push_state == PushState.PENDING
+
+    paging = Gateway(client(api_base=stripe_url))
+    paging.page_size = 1
+    pushed = invoice_push(invoice_id=invoice.pk, gateway=paging)
+    assert pushed.push_state == PushState.PUSHED
+    remote_lines = list(gateway.invoice_lines_list(stripe_invoice_id=pushed.stripe_invoice_id))
+    assert sorted(line["amount"] for line in remote_lines) == [1000, 2000, 3000, 4000]  # none twice
+    assert gateway.invoice_retrieve(stripe_invoice_id=pushed.stripe_invoice_id)["total"] == invoice.total_cents == 10000

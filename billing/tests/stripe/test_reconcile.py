@@ -224,3 +224,27 @@ def test_it_reports_an_amount_still_due_that_stripe_says_is_settled(stripe_env):
     report = reconcile_stripe(gateway=gateway)
     fields = sorted(m.field for m in report.mismatches if m.invoice_id == setup.pk)
     assert fields == ["status"]
+
+
+def test_it_reports_an_amount_remaining_that_differs_when_the_statuses_agree():
+    """A Stripe invoice open like ours but with part of it paid (a partial payment made in
+    Stripe's dashboard; localstripe cannot take one, so the Stripe side is written here as
+    the API returns it): `amount_remaining` is reported, the status is not."""
+    from billing.stripe.reconcile import _compare
+
+    office = billed_office(patients=2)
+    invoice = Invoice.objects.get(office=office, kind="cycle", status=InvoiceStatus.OPEN)
+    remote = {
+        "id": "in_partial",
+        "total": invoice.total_cents,
+        "currency": invoice.currency,
+        "status": "open",
+        "customer": "cus_x",
+        "amount_remaining": invoice.total_cents - 5000,
+        "attempt_count": 0,
+    }
+    found = _compare(invoice, remote, "cus_x")
+    assert [(m.field, m.local, m.stripe) for m in found] == [
+        ("amount_remaining", str(invoice.total_cents), str(invoice.total_cents - 5000))
+    ]
+    assert _compare(invoice, {**remote, "amount_remaining": invoice.total_cents}, "cus_x") == []
