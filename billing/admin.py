@@ -26,7 +26,7 @@ from django.urls import reverse
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.services import audit_record
-from billing.dates import local_today
+from billing.dates import local_minute, local_period, local_today
 from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
@@ -43,12 +43,11 @@ from billing.models import (
     WebhookRejectionWindow,
 )
 from billing.money import cents_to_major, format_cents, major_to_cents
-from billing.phi_guard import ours
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
 from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
 from billing.stripe.push import invoice_push
-from config.admin_mixins import ReadOnlyAdminMixin
+from config.admin_mixins import ConsoleFormMixin, ReadOnlyAdminMixin
 from config.console import arrange_third_party_pages
 from config.errors import ApplicationError
 from offices.admin import AuditedReadsMixin, OfficeAdmin, ServiceAdminMixin, ServiceModelForm
@@ -190,7 +189,23 @@ INVOICE_FIELDS = (
 )
 
 
-class OutOfBandPaymentForm(forms.Form):
+class VoidForm(ConsoleFormMixin, forms.Form):
+    """Why the invoices are voided, in the operator's words (PHI-guarded by `invoice_void`)."""
+
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required; kept in the audit trail. No patient information.",
+    )
+
+    def clean_reason(self) -> str:
+        reason = str(self.cleaned_data["reason"]).strip()
+        if not reason:
+            raise forms.ValidationError("Say why these invoices are voided.")
+        return reason
+
+
+class OutOfBandPaymentForm(ConsoleFormMixin, forms.Form):
     """A cheque, wire or other payment received outside Stripe, as the operator reads it:
     the amount in major units of the invoice's currency, the date in the office's zone."""
 
@@ -228,7 +243,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
 
     audit_read_action = "invoice"
 
-    list_display = ("display_number", "office", "kind", "status", "period_start", "period_end", "total", "push_state")
+    list_display = ("display_number", "office", "kind", "status", "period", "finalized", "total", "push_state")
     list_display_links = ("display_number",)
     list_filter = ("status", "kind", "push_state")
     list_select_related = ("office",)
@@ -246,6 +261,16 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     def display_number(self, obj: Invoice) -> str:
         return str(obj)  # the number, or "draft #id" before finalization
 
+    @admin.display(description="Period (office's dates)", ordering="period_start")
+    def period(self, obj: Invoice) -> str:
+        if obj.period_start is None or obj.period_end is None:
+            return "—"
+        return local_period(obj.period_start, obj.period_end, obj.office.timezone)
+
+    @admin.display(description="Finalized (office's time)", ordering="finalized_at")
+    def finalized(self, obj: Invoice) -> str:
+        return local_minute(obj.finalized_at, obj.office.timezone) if obj.finalized_at else "—"
+
     @admin.display(description="Subtotal", ordering="subtotal_cents")
     def subtotal(self, obj: Invoice) -> str:
         return format_cents(obj.subtotal_cents, obj.currency)
@@ -261,19 +286,45 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     def has_void_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("billing.change_invoice"))
 
-    @admin.action(description="Void selected invoices", permissions=("void",))
-    def void_invoices(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        """Void the selected open invoices through `invoice_void`; Stripe follows after commit (spec §7, §8)."""
-        voided: list[str] = []
-        for invoice in queryset.order_by("pk"):
-            try:
-                invoice_void(invoice=invoice, actor=request.user, reason=ours("voided by an operator in the admin"))
-            except ApplicationError as exc:
-                self.message_user(request, exc.message, messages.WARNING)
-            else:
-                voided.append(str(invoice))
-        if voided:
-            self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
+    @admin.action(description="Void selected invoices…", permissions=("void",))
+    def void_invoices(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        """Void the selected open invoices through `invoice_void`, after a confirmation page
+        that asks for the reason (free text: PHI-guarded, kept in the audit entry); Stripe
+        follows after commit (spec §7, §8)."""
+        invoices = list(queryset.select_related("office").order_by("pk"))
+        form = VoidForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            voided: list[str] = []
+            for invoice in invoices:
+                try:
+                    invoice_void(invoice=invoice, actor=request.user, reason=form.cleaned_data["reason"])
+                except ApplicationError as exc:
+                    self.message_user(request, exc.message, messages.WARNING)
+                else:
+                    voided.append(str(invoice))
+            if voided:
+                self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Void {len(invoices)} invoice(s)",
+            "invoices_count": str(len(invoices)),
+            "opts": self.model._meta,
+            "invoices": [
+                {
+                    "pk": invoice.pk,
+                    "label": str(invoice),
+                    "office": invoice.office.name,
+                    "status": invoice.get_status_display(),
+                    "total": format_cents(invoice.total_cents, invoice.currency),
+                }
+                for invoice in invoices
+            ],
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/billing/void_invoices.html", context)
 
     @admin.action(description="Record payment made outside Stripe (cheque, wire)", permissions=("void",))
     def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:

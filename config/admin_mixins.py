@@ -18,3 +18,26 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ConsoleFormMixin:
+    """A plain Django form drawn in the console's theme: each widget becomes django-unfold's
+    counterpart (for the intermediate pages of actions, which are not model forms)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from django import forms
+        from unfold import widgets
+
+        swaps: list[tuple[type, type]] = [
+            (forms.Textarea, widgets.UnfoldAdminTextareaWidget),
+            (forms.Select, widgets.UnfoldAdminSelectWidget),
+            (forms.DateInput, widgets.UnfoldAdminSingleDateWidget),
+            (forms.NumberInput, widgets.UnfoldAdminDecimalFieldWidget),
+            (forms.TextInput, widgets.UnfoldAdminTextInputWidget),
+        ]
+        for field in self.fields.values():  # type: ignore[attr-defined]
+            for plain, themed in swaps:
+                if type(field.widget) is plain:
+                    field.widget = themed(attrs=field.widget.attrs)  # type: ignore[attr-defined]
+                    break

@@ -361,7 +361,18 @@ def action(client: Client, model: type, name: str, ids: list[int], **extra: str)
 
 
 def test_it_voids_an_open_invoice_and_explains_a_refusal(world, operator_client):
-    response = action(operator_client, Invoice, "void_invoices", [world.setup_invoice.pk, world.draft.pk])
+    ids = [world.setup_invoice.pk, world.draft.pk]
+    # First a confirmation page that asks why; nothing is voided yet.
+    confirm = action(operator_client, Invoice, "void_invoices", ids)
+    assert confirm.status_code == 200 and 'name="reason"' in confirm.content.decode()
+    assert "$500.00 USD" in confirm.content.decode()
+    assert Invoice.objects.get(pk=world.setup_invoice.pk).status == InvoiceStatus.OPEN
+    # Without a reason: asked again, still nothing voided.
+    blank = action(operator_client, Invoice, "void_invoices", ids, apply="1", reason="   ")
+    assert "This field is required." in blank.content.decode()  # a blank reason is no reason
+    assert Invoice.objects.get(pk=world.setup_invoice.pk).status == InvoiceStatus.OPEN
+
+    response = action(operator_client, Invoice, "void_invoices", ids, apply="1", reason="Issued twice by mistake")
     assert response.status_code == 200
     html = response.content.decode()
     assert f"Voided 1 invoice(s): {world.setup_invoice.number}" in html
@@ -370,7 +381,8 @@ def test_it_voids_an_open_invoice_and_explains_a_refusal(world, operator_client)
     world.draft.refresh_from_db()
     assert world.setup_invoice.status == InvoiceStatus.VOID and world.setup_invoice.voided_at == NOW
     assert world.draft.status == InvoiceStatus.DRAFT
-    assert AuditEvent.objects.filter(action="invoice.voided", target_id=str(world.setup_invoice.pk)).exists()
+    [voided] = AuditEvent.objects.filter(action="invoice.voided", target_id=str(world.setup_invoice.pk))
+    assert voided.reason == "Issued twice by mistake" and voided.actor_type == "user"
 
 
 def one_off_data(office: Office, lines: list[tuple[str, str, str]]) -> dict:

@@ -124,6 +124,21 @@ def test_it_walks_the_console_without_errors_or_phi(
     text = visit(reverse("admin:billing_invoice_change", args=[cycle.pk]), title=r"invoice", step="5-invoice")
     assert str(cycle.number) in text and office.name in text
 
+    # Void with a reason: the action asks for confirmation and a reason first.
+    page.goto(f"{live_server.url}{reverse('admin:billing_invoice_changelist')}")
+    page.locator(f'input[name="_selected_action"][value="{cycle.pk}"]').check()
+    page.locator('select[name="action"]').select_option("void_invoices")
+    page.locator('button[name="index"]').click()
+    page.wait_for_selector('textarea[name="reason"]')
+    screenshot(page, request, "5b-void-confirm")
+    assert Invoice.objects.get(pk=cycle.pk).status == InvoiceStatus.OPEN  # only asked, not done
+    page.locator('textarea[name="reason"]').fill("Entered twice by mistake")
+    page.get_by_role("button", name=re.compile(r"^Void 1 invoice")).click()
+    page.wait_for_selector(f"text=Voided 1 invoice(s): {cycle.number}")
+    screenshot(page, request, "5c-voided")
+    voided = Invoice.objects.get(pk=cycle.pk)
+    assert voided.status == InvoiceStatus.VOID
+
     # Patients: present, but only by billing reference.
     text = visit(reverse("admin:patients_patient_changelist"), title=r"patient", step="6-patients")
     for patient in patients:
