@@ -23,8 +23,10 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
+from audit.models import AuditEvent
 from audit.services import audit_record
 from billing.dates import local_minute, local_period, local_today
 from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
@@ -35,6 +37,7 @@ from billing.models import (
     BillingRunError,
     Invoice,
     InvoiceNumberSequence,
+    InvoiceStatus,
     LineItem,
     Plan,
     PlanChange,
@@ -46,7 +49,7 @@ from billing.money import cents_to_major, format_cents, major_to_cents
 from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
 from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
-from billing.stripe.push import invoice_push
+from billing.stripe.push import invoice_push, stripe_items
 from config.admin_mixins import ConsoleFormMixin, ReadOnlyAdminMixin
 from config.console import arrange_third_party_pages
 from config.errors import ApplicationError
@@ -249,8 +252,33 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     list_select_related = ("office",)
     search_fields = ("number", "office__name")
     date_hierarchy = "period_start"
-    fields = INVOICE_FIELDS
-    readonly_fields = INVOICE_FIELDS
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "number",
+                    "office",
+                    "kind",
+                    "status",
+                    "plan",
+                    "local_period",
+                    "subtotal",
+                    "total",
+                    "local_due",
+                    "payment_note",
+                    "document",
+                )
+            },
+        ),
+        ("As Stripe sees it", {"fields": ("stripe_lines",)}),
+        ("What happened to it", {"fields": ("timeline",)}),
+        ("Stripe", {"fields": ("stripe_invoice_id", "push_state", "push_attempts", "push_error")}),
+        ("Stored values (UTC)", {"classes": ("collapse",), "fields": tuple(f for f in INVOICE_FIELDS if f not in (
+            "number", "office", "kind", "status", "plan", "subtotal", "total", "payment_note",
+            "stripe_invoice_id", "push_state", "push_attempts", "push_error"))}),
+    )  # fmt: skip
+    readonly_fields = (*INVOICE_FIELDS, "local_period", "local_due", "document", "stripe_lines", "timeline")
     inlines = (LineItemInline,)
     actions = ("void_invoices", "mark_paid_out_of_band", "push_to_stripe")
 
@@ -260,6 +288,69 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     @admin.display(description="Number", ordering="number")
     def display_number(self, obj: Invoice) -> str:
         return str(obj)  # the number, or "draft #id" before finalization
+
+    @admin.display(description="Billing period (office's dates)")
+    def local_period(self, obj: Invoice) -> str:
+        return self.period(obj)
+
+    @admin.display(description="Due (office's time)")
+    def local_due(self, obj: Invoice) -> str:
+        return local_minute(obj.due_at, obj.office.timezone) if obj.due_at else "—"
+
+    @admin.display(description="Document")
+    def document(self, obj: Invoice) -> str:
+        if obj.status == InvoiceStatus.DRAFT:
+            return "A draft has no document yet."
+        return format_html('<a href="/api/v1/invoices/{}/pdf/" class="text-primary-600">PDF</a>', obj.pk)
+
+    @admin.display(description="Items")
+    def stripe_lines(self, obj: Invoice) -> str:
+        """The lines grouped as the office and Stripe see them (patients per kind and unit
+        price); each patient's line is in the list below, by billing reference."""
+        rows = format_html_join(
+            "",
+            '<tr><td class="py-1 pr-4">{}</td><td class="text-right pr-4">{}</td>'
+            '<td class="text-right pr-4">{}</td><td class="text-right">{}</td></tr>',
+            (
+                (
+                    item.description,
+                    item.quantity,
+                    format_cents(item.unit_amount_cents, obj.currency),
+                    format_cents(item.unit_amount_cents * item.quantity, obj.currency),
+                )
+                for item in stripe_items(obj)
+            ),
+        )
+        return format_html(
+            '<table class="text-sm"><thead><tr><th class="text-left pr-4">Description</th>'
+            '<th class="text-right pr-4">Quantity</th><th class="text-right pr-4">Unit</th>'
+            '<th class="text-right">Amount</th></tr></thead><tbody>{}</tbody></table>',
+            rows or format_html('<tr><td colspan="4">No lines.</td></tr>'),
+        )
+
+    @admin.display(description="Timeline")
+    def timeline(self, obj: Invoice) -> str:
+        """From the audit trail: every entry about this invoice, oldest first, in the
+        office's time (created, finalized, pushed, webhook events, payments, void)."""
+        events = (
+            AuditEvent.objects.filter(target_type=Invoice._meta.label, target_id=str(obj.pk))
+            .exclude(action__endswith="viewed")  # reads of the invoice are in the audit trail, not its story
+            .order_by("seq")
+        )
+        rows = format_html_join(
+            "",
+            '<li class="py-1"><span class="font-semibold">{}</span> — {}{}{}</li>',
+            (
+                (
+                    local_minute(event.ts, obj.office.timezone),
+                    event.action.replace("_", " ").replace(".", ": "),
+                    f" by {event.actor_label or event.actor_type}",
+                    f" ({event.reason})" if event.reason else "",
+                )
+                for event in events[:200]
+            ),
+        )
+        return format_html('<ul class="text-sm">{}</ul>', rows) if rows else "Nothing recorded yet."
 
     @admin.display(description="Period (office's dates)", ordering="period_start")
     def period(self, obj: Invoice) -> str:

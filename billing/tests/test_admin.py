@@ -33,7 +33,7 @@ from billing.models import (
     Plan,
     PlanChange,
 )
-from billing.services import patient_activate, subscription_create
+from billing.services import invoice_void, patient_activate, subscription_create
 from billing.tests.support.factories import OfficeFactory, PatientFactory, at, professional_plan
 from offices.models import Company, Office, Role
 from offices.services import office_member_grant
@@ -606,3 +606,18 @@ def test_it_audits_operator_reads_of_invoices_and_patients(operator_client, worl
     assert viewed.actor_type == "user" and viewed.office_id == world.closed_cycle.office_id
     assert AuditEvent.objects.filter(action="invoice.list_viewed").exists()
     assert AuditEvent.objects.filter(action="patient.viewed", target_id=str(world.patient.pk)).exists()
+
+
+def test_the_invoice_page_groups_lines_dates_them_locally_links_its_pdf_and_tells_its_story(world, operator_client):
+    """Issue 9, item 3: the lines as Stripe sees them, local dates, the PDF, and a timeline
+    from the audit trail (finalization, void with its reason), never the page's own reads."""
+    invoice = world.setup_invoice
+    invoice_void(invoice=invoice, actor=None, reason="Issued twice")
+    html = page(operator_client, admin_url(Invoice, "change", invoice.pk))
+    assert "As Stripe sees it" in html and "Setup fee" in html
+    assert f'href="/api/v1/invoices/{invoice.pk}/pdf/"' in html
+    assert "invoice: finalized" in html and "invoice: voided" in html and "(Issued twice)" in html
+    assert "viewed by" not in html
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d[-+]\d\d:\d\d", html)  # instants with the office's offset
+    pdf = operator_client.get(f"/api/v1/invoices/{invoice.pk}/pdf/")
+    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
