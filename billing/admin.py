@@ -17,6 +17,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Count, QuerySet
@@ -26,9 +27,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
+from audit.export import csv_cell
 from audit.models import AuditEvent
 from audit.services import audit_record
-from billing.dates import local_minute, local_period, local_today
+from billing.dates import local_day, local_minute, local_period, local_today
 from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
 from billing.models import (
     FROZEN_PLAN_FIELDS,
@@ -192,6 +194,56 @@ INVOICE_FIELDS = (
 )
 
 
+INVOICE_CSV_HEADER = [
+    "number", "office_id", "office", "kind", "status", "currency", "total_cents", "total",
+    "period_start_local", "period_end_local", "finalized_at_utc", "due_at_utc", "paid_at_utc",
+    "voided_at_utc", "stripe_invoice_id", "push_state",
+]  # fmt: skip
+
+
+def invoice_csv_rows(invoices: list[Invoice]) -> list[list[Any]]:
+    def utc(value: datetime | None) -> str:
+        return value.isoformat() if value else ""
+
+    rows: list[list[Any]] = [INVOICE_CSV_HEADER]
+    for inv in invoices:
+        tz = inv.office.timezone
+        rows.append(
+            [
+                inv.number or f"draft #{inv.pk}",
+                inv.office_id,
+                inv.office.name,
+                inv.kind,
+                inv.status,
+                inv.currency,
+                inv.total_cents,
+                cents_to_major(inv.total_cents, inv.currency),
+                local_day(inv.period_start, tz) if inv.period_start else "",
+                local_day(inv.period_end, tz) if inv.period_end else "",
+                utc(inv.finalized_at),
+                utc(inv.due_at),
+                utc(inv.paid_at),
+                utc(inv.voided_at),
+                inv.stripe_invoice_id or "",
+                inv.push_state,
+            ]
+        )
+    return rows
+
+
+def csv_response(filename: str, rows: list[list[Any]]) -> HttpResponse:
+    """A CSV download; every cell formula-escaped as the audit export does (CSV injection)."""
+    import csv
+
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    writer = csv.writer(response)
+    for row in rows:
+        writer.writerow([csv_cell(value) for value in row])
+    return response
+
+
 class VoidForm(ConsoleFormMixin, forms.Form):
     """Why the invoices are voided, in the operator's words (PHI-guarded by `invoice_void`)."""
 
@@ -280,7 +332,43 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     )  # fmt: skip
     readonly_fields = (*INVOICE_FIELDS, "local_period", "local_due", "document", "stripe_lines", "timeline")
     inlines = (LineItemInline,)
-    actions = ("void_invoices", "mark_paid_out_of_band", "push_to_stripe")
+    actions = ("void_invoices", "mark_paid_out_of_band", "push_to_stripe", "export_csv")
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        return [
+            path(
+                "aging.csv",
+                self.admin_site.admin_view(self.aging_csv_view),
+                name="billing_invoice_aging_csv",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.action(description="Export selected invoices as CSV", permissions=("view",))
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse:
+        """The selected invoices as CSV (amounts in cents and in major units, local dates),
+        formula-escaped; the export is audited with its count."""
+        rows = list(queryset.select_related("office").order_by("pk"))
+        audit_record(action="invoice.exported", actor=request.user, data={"count": len(rows), "format": "csv"})
+        return csv_response("invoices.csv", invoice_csv_rows(rows))
+
+    def aging_csv_view(self, request: HttpRequest) -> HttpResponse:
+        """Receivables by age as CSV: one row per office and bucket (open invoices, now)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from billing.overview import overview
+
+        report = overview()
+        rows: list[list[Any]] = [["bucket", "currency", "office_id", "office", "amount_cents", "amount"]]
+        for bucket in report.aging:
+            for office_id, name, cents in bucket.offices:
+                rows.append(
+                    [bucket.label, bucket.currency, office_id, name, cents, cents_to_major(cents, bucket.currency)]
+                )
+        audit_record(action="aging.exported", actor=request.user, data={"rows": len(rows) - 1, "format": "csv"})
+        return csv_response("aging.csv", rows)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Invoice]:
         return super().get_queryset(request).annotate(_line_count=Count("lines"))

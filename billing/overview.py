@@ -368,7 +368,13 @@ def _billable_patients(*, starts_at: datetime, ends_at: datetime) -> int:
     return int(count or 0)
 
 
-def _aging(*, now: datetime) -> list[AgingBucket]:
+def aging(*, now: datetime | None = None, limit: int | None = None) -> list[AgingBucket]:
+    """Receivables by age as of now, every office behind each bucket unless `limit` (the
+    console's CSV export)."""
+    return _aging(now=now or timezone.now(), limit=limit)
+
+
+def _aging(*, now: datetime, limit: int | None = LIST_LIMIT) -> list[AgingBucket]:
     """One query: open invoices' totals by currency, bucket and office."""
     bucket = Case(
         When(due_at__isnull=True, then=Value(0)),
@@ -401,7 +407,7 @@ def _aging(*, now: datetime) -> list[AgingBucket]:
                     currency=currency,
                     cents=sum(o[2] for o in offices),
                     office_count=len(offices),
-                    offices=offices[:LIST_LIMIT],
+                    offices=offices[:limit] if limit is not None else offices,
                 )
             )
     return aging

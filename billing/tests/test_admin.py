@@ -621,3 +621,26 @@ def test_the_invoice_page_groups_lines_dates_them_locally_links_its_pdf_and_tell
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d[-+]\d\d:\d\d", html)  # instants with the office's offset
     pdf = operator_client.get(f"/api/v1/invoices/{invoice.pk}/pdf/")
     assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
+
+
+def test_it_exports_invoices_and_the_aging_as_csv_formula_escaped_and_audited(world, operator_client):
+    """Issue 9, item 7: CSV from the console; a cell a spreadsheet would run is defused."""
+    import csv
+    import io
+
+    Office.objects.filter(pk=world.office.pk).update(name="=HYPERLINK(1) Clinic")
+    response = action(operator_client, Invoice, "export_csv", [world.setup_invoice.pk])
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0][:8] == ["number", "office_id", "office", "kind", "status", "currency", "total_cents", "total"]
+    assert rows[1][0] == world.setup_invoice.number and rows[1][2] == "'=HYPERLINK(1) Clinic"
+    assert rows[1][6:8] == [str(world.setup_invoice.total_cents), "500.00"]
+    assert AuditEvent.objects.get(action="invoice.exported").data == {"count": 1, "format": "csv"}
+
+    aging = operator_client.get(reverse("admin:billing_invoice_aging_csv"))
+    assert aging.status_code == 200
+    aging_rows = list(csv.reader(io.StringIO(aging.content.decode())))
+    assert aging_rows[0] == ["bucket", "currency", "office_id", "office", "amount_cents", "amount"]
+    open_cents = sum(i.total_cents for i in Invoice.objects.filter(office=world.office, status=InvoiceStatus.OPEN))
+    assert sum(int(r[4]) for r in aging_rows[1:] if r[2] == str(world.office.pk)) == open_cents
+    assert AuditEvent.objects.filter(action="aging.exported").count() == 1

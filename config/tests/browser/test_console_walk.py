@@ -139,6 +139,13 @@ def test_it_walks_the_console_without_errors_or_phi(
     voided = Invoice.objects.get(pk=cycle.pk)
     assert voided.status == InvoiceStatus.VOID
 
+    # Exports: the aging report from the overview's link, as the logged-in operator.
+    page.goto(f"{live_server.url}{reverse('admin:index')}")
+    href = page.get_by_role("link", name=re.compile("Download every office")).get_attribute("href")
+    csv_answer = page.request.get(f"{live_server.url}{href}")
+    assert csv_answer.status == 200 and csv_answer.headers["content-type"].startswith("text/csv")
+    assert csv_answer.text().splitlines()[0] == "bucket,currency,office_id,office,amount_cents,amount"
+
     # Patients: present, but only by billing reference.
     text = visit(reverse("admin:patients_patient_changelist"), title=r"patient", step="6-patients")
     for patient in patients:
