@@ -1,13 +1,20 @@
 """Invoice documents: HTML template → PDF (weasyprint). No PHI: patients by billing ref.
-Dates are the office's local dates (billing/dates.py)."""
+Dates are the office's local dates (billing/dates.py).
+
+The first page reads as the office and Stripe read the invoice: one summary line per group
+("3 active patients × 4.50 USD"), the other lines one each, the amount due or paid, the
+due date and how to pay; the patients behind each group follow as an appendix, by billing
+reference. Pages are numbered ("Page 2 of 3")."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import Count
 from django.template.loader import render_to_string
 
 from billing.dates import local_day, local_minute
-from billing.models import Invoice
+from billing.engine.labels import PATIENT_GROUP_LABEL
+from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus
 from billing.money import format_cents
 
 
@@ -21,6 +28,35 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     from weasyprint import HTML  # imported lazily: it loads pango at import time
 
     tz = invoice.office.timezone
+    groups = (
+        invoice.lines.filter(kind__in=PATIENT_LINE_KINDS)
+        .values("kind", "unit_amount_cents")
+        .annotate(n=Count("id"))
+        .order_by("kind", "unit_amount_cents")
+    )
+    summary = [
+        {
+            "description": f"{PATIENT_GROUP_LABEL[g['kind']]}: {g['n']} × "
+            f"{money(g['unit_amount_cents'], invoice.currency)}",
+            "amount": money(g["n"] * g["unit_amount_cents"], invoice.currency),
+        }
+        for g in groups
+    ] + [
+        {
+            "description": line.description
+            if line.quantity == 1
+            else f"{line.description}: {line.quantity} × {money(line.unit_amount_cents, invoice.currency)}",
+            "amount": money(line.amount_cents, invoice.currency),
+        }
+        for line in invoice.lines.exclude(kind__in=PATIENT_LINE_KINDS).order_by("id")
+    ]
+    settled = invoice.status in (InvoiceStatus.PAID, InvoiceStatus.VOID)
+    collection = (
+        "The card or account on file is charged automatically; nothing to do."
+        if invoice.office.collection_method == "charge_automatically"
+        else f"Pay by bank transfer or card from the payment link sent to {invoice.office.billing_email}, "
+        f"quoting the invoice number."
+    )
     lines = [
         {
             "kind": line.kind.replace("_", " "),
@@ -30,7 +66,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
             "unit": money(line.unit_amount_cents, invoice.currency),
             "amount": money(line.amount_cents, invoice.currency),
         }
-        for line in invoice.lines.all().order_by("id")
+        for line in invoice.lines.filter(kind__in=PATIENT_LINE_KINDS).order_by("kind", "patient_ref", "id")
     ]
     html = render_to_string(
         "billing/invoice.html",
@@ -51,6 +87,10 @@ def invoice_pdf(invoice: Invoice) -> bytes:
             "paid": local_day(invoice.paid_at, tz) if invoice.paid_at else None,
             "subtotal": money(invoice.subtotal_cents, invoice.currency),
             "total": money(invoice.total_cents, invoice.currency),
+            "summary": summary,
+            "amount_due": money(0 if settled else invoice.total_cents, invoice.currency),
+            "amount_paid": money(invoice.total_cents if invoice.status == InvoiceStatus.PAID else 0, invoice.currency),
+            "how_to_pay": "" if settled or invoice.status == InvoiceStatus.DRAFT else collection,
         },
     )
     return HTML(string=html).write_pdf()

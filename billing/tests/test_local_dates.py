@@ -66,3 +66,20 @@ def test_it_prints_local_dates_on_the_pdf(finalized_in_tokyo: tuple[Invoice, str
 def test_it_prints_local_dates_in_the_run_summary(finalized_in_tokyo: tuple[Invoice, str]) -> None:
     _, output = finalized_in_tokyo
     assert "2026-03-10..2026-04-10" in output, output
+
+
+def test_the_pdf_summarises_each_group_lists_the_patients_in_an_appendix_and_numbers_its_pages(
+    finalized_in_tokyo: tuple[Invoice, str],
+) -> None:
+    """Issue 9, item 8: a summary line per group as Stripe sees it, the amount due with its
+    due date, how to pay, the patients by billing reference after the summary, page numbers."""
+    invoice, _ = finalized_in_tokyo
+    pages = [page.extract_text() for page in PdfReader(io.BytesIO(invoice_pdf(invoice))).pages]
+    first, rest = " ".join(pages[0].split()), " ".join(" ".join(pages[1:]).split())
+    refs = list(invoice.lines.exclude(patient_ref="").values_list("patient_ref", flat=True))
+    assert refs and all(ref not in first for ref in refs)  # the summary page names no patient
+    assert all(ref in rest for ref in refs) and "Appendix: patients billed" in rest
+    assert f"Active patients: {len(refs)} × 4.50 USD" in first
+    total = f"{invoice.total_cents // 100:,}.{invoice.total_cents % 100:02d} USD"
+    assert f"Amount due: {total} by" in first and "How to pay:" in first
+    assert f"Page 1 of {len(pages)}" in first and len(pages) >= 2
