@@ -10,11 +10,12 @@ through the API, and a refusal comes back as a message or a form error, not a 50
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -24,6 +25,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
@@ -31,7 +33,8 @@ from audit.export import csv_cell
 from audit.models import AuditEvent
 from audit.services import audit_record
 from billing.dates import local_day, local_minute, local_period, local_today
-from billing.engine.run import InvoiceSummary, billing_run, billing_run_preview
+from billing.engine.cycles import local_midnight, zone
+from billing.engine.run import PREVIEW_HORIZON, InvoiceSummary, billing_run, billing_run_preview, next_boundary
 from billing.models import (
     FROZEN_PLAN_FIELDS,
     BillingRun,
@@ -683,14 +686,36 @@ class BillingRunChunkAdmin(ReadOnlyAdminMixin, ModelAdmin):
 # --- Billing actions on offices --------------------------------------------------------
 
 
+# Labels of a run's figures as the preview shows them (amounts in money, below).
+PREVIEW_FIGURES = (
+    ("offices_due", "Offices with a boundary to process"),
+    ("offices_done", "Offices processed"),
+    ("invoices_finalized", "Invoices finalized"),
+    ("invoices_opened", "Billing periods opened"),
+    ("lines_created", "Invoice lines added"),
+    ("error_count", "Offices that failed"),
+)
+
+
+def _money_by_currency(rows: list[InvoiceSummary]) -> str:
+    """The total of these invoices in major units, one figure per currency ("—" if none)."""
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row.currency] = totals.get(row.currency, 0) + row.total_cents
+    return ", ".join(format_cents(cents, currency) for currency, cents in sorted(totals.items())) or "—"
+
+
 def _invoice_rows(rows: list[InvoiceSummary]) -> list[dict[str, Any]]:
     return [
         {
             "office": row.office,
             "kind": row.kind_label,
-            "status": row.status,
-            "period_start": row.period_start,
-            "period_end": row.period_end,
+            "status": InvoiceStatus(row.status).label,
+            "period": (
+                local_period(row.period_start, row.period_end, row.timezone)  # the office's dates
+                if row.period_start is not None and row.period_end is not None
+                else "—"
+            ),
             "lines": row.lines,
             "total": format_cents(row.total_cents, row.currency),
         }
@@ -698,26 +723,77 @@ def _invoice_rows(rows: list[InvoiceSummary]) -> list[dict[str, Any]]:
     ]
 
 
-def billing_preview(*, office_ids: list[int]) -> dict[str, Any]:
+def _readable_instant(instant: datetime, tz_name: str) -> str:
+    return f"{local_minute(instant, tz_name)} ({tz_name})"
+
+
+def end_of_local_day(day: date, tz_name: str) -> datetime:
+    """The end of `day` in the zone: its next local midnight (the first instant of the next day)."""
+    return local_midnight(day + timedelta(days=1), zone(tz_name))
+
+
+class PreviewAsOfForm(ConsoleFormMixin, forms.Form):
+    """The date a preview looks at, in the reporting zone: the preview runs as of the end of it."""
+
+    preview_on = forms.DateField(label="Preview as of the end of")
+
+    def __init__(self, *args: Any, tz_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tz_name = tz_name
+        self.fields["preview_on"].widget.input_type = "date"  # the browser's own date picker, no script
+        self.fields["preview_on"].help_text = (
+            f"The preview bills up to the end of this date, that is the next midnight in {tz_name} "
+            "(the reporting zone). Each office's cycles still end at midnight in its own zone."
+        )
+        if not self.is_bound:
+            self.initial["preview_on"] = local_today(tz_name)
+
+    def clean_preview_on(self) -> date:
+        day: date = self.cleaned_data["preview_on"]
+        limit = timezone.now() + PREVIEW_HORIZON
+        if end_of_local_day(day, self.tz_name) > limit:
+            raise forms.ValidationError(
+                f"A preview looks at most {PREVIEW_HORIZON.days} days ahead: "
+                f"choose {local_day(limit, self.tz_name)} or earlier."
+            )
+        self.cleaned_data["as_of"] = end_of_local_day(day, self.tz_name)
+        return day
+
+
+def billing_preview(*, office_ids: list[int], as_of: datetime | None = None) -> dict[str, Any]:
     """The admin's "Preview billing" action: the engine's dry run (`billing_run_preview`,
-    the same one `run_billing_cycle --dry-run` uses), laid out for the template."""
-    report = billing_run_preview(office_ids=office_ids, trigger="admin_preview")
+    the same one `run_billing_cycle --dry-run` uses), laid out for people: labelled figures,
+    money in major units, periods as the office's dates, the as-of in the reporting zone.
+    `as_of` may be in the future (a dry run may look ahead); None means now."""
+    report = billing_run_preview(as_of=as_of, office_ids=office_ids, trigger="admin_preview")
     run = report.run
+    tz_name = str(settings.BILLING_DEFAULT_TIMEZONE)
+    finalized_by_office: dict[int, list[InvoiceSummary]] = {}
+    for row in report.finalized:
+        finalized_by_office.setdefault(row.office_id, []).append(row)
     return {
         "as_of": run.as_of,
-        "figures": {name: getattr(run, name) for name in RUN_FIGURES},
+        "as_of_text": _readable_instant(run.as_of, tz_name),
+        "in_future": run.as_of > timezone.now(),
+        "reporting_zone": tz_name,
+        "figures": [
+            *((label, getattr(run, name)) for name, label in PREVIEW_FIGURES[:5]),
+            ("Amount finalized", _money_by_currency(report.finalized)),
+            (PREVIEW_FIGURES[5][1], run.error_count),
+        ],
         "per_office": [
             {
                 "name": report.office_names.get(office_id, office_id),
                 "finalized": stats.finalized,
                 "opened": stats.opened,
                 "lines": stats.lines,
-                "amount_finalized_cents": stats.amount_finalized_cents,
+                "amount": _money_by_currency(finalized_by_office.get(office_id, [])),
             }
             for office_id, stats in report.per_office.items()
         ],
         "finalized": _invoice_rows(report.finalized),
-        "opened": _invoice_rows(report.opened),
+        # Drafts opened and then finalized at a later boundary are among the finalized ones.
+        "opened": _invoice_rows([row for row in report.opened if row.status == InvoiceStatus.DRAFT]),
         "errors": [{"office": office, "message": message} for office, message in report.errors],
     }
 
@@ -782,6 +858,121 @@ class BillingOfficeAdmin(OfficeAdmin):
     """The office admin with the operator's billing actions (spec §1, §6, §7)."""
 
     actions = ("preview_billing", "run_billing_now", "create_one_off_invoice")
+    hub_fields = ("billing_summary", "invoices_panel", "recent_activity")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return (*super().get_readonly_fields(request, obj), *self.hub_fields)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The office as the hub (issue 9, item 2): its money, invoices and history first."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        return (
+            ("Billing", {"fields": ("billing_summary",)}),
+            ("Invoices", {"fields": ("invoices_panel",)}),
+            ("Recent activity", {"fields": ("recent_activity",)}),
+            *fieldsets,
+        )
+
+    @admin.display(description="Summary")
+    def billing_summary(self, obj: Office) -> str:
+        from billing.selectors import payment_status
+        from patients.models import ActivationInterval
+
+        status = payment_status(office=obj)
+        tz = obj.timezone
+        draft = Invoice.objects.filter(office=obj, status=InvoiceStatus.DRAFT, kind="cycle").order_by("-period_start")
+        current = draft.first()
+        active = (
+            ActivationInterval.objects.filter(office=obj, deactivated_at__isnull=True)
+            .values("patient_id")
+            .distinct()
+            .count()
+        )
+        rows = [
+            ("Status", obj.get_subscription_status_display()),
+            ("Plan", str(obj.current_plan) if obj.current_plan else "—"),
+            ("From the next cycle", str(obj.pending_plan) if obj.pending_plan else "—"),
+            ("Cancels at period end", "yes" if obj.cancel_at_period_end else "no"),
+            (
+                "Current period",
+                local_period(current.period_start, current.period_end, tz)
+                if current and current.period_start and current.period_end
+                else "—",
+            ),
+            (
+                "Running total of the current period",
+                format_cents(current.total_cents, current.currency) if current else "—",
+            ),
+            ("Outstanding", format_cents(status.outstanding_cents, status.currency)),
+            ("Past due", format_cents(status.past_due_cents, status.currency)),
+            ("Past due since", local_minute(obj.past_due_since, tz) if obj.past_due_since else "—"),
+            ("Last payment", local_minute(status.last_payment_at, tz) if status.last_payment_at else "—"),
+            ("Active patients", str(active)),
+            ("Collection", obj.get_collection_method_display()),
+            ("Stripe customer", obj.payment_provider_customer_id or "not created yet"),
+            ("Time zone", tz),
+        ]
+        return format_html(
+            '<table class="text-sm">{}</table>',
+            format_html_join("", '<tr><th class="text-left pr-6 py-1 font-semibold">{}</th><td>{}</td></tr>', rows),
+        )
+
+    @admin.display(description="Latest invoices")
+    def invoices_panel(self, obj: Office) -> str:
+        invoices = list(Invoice.objects.filter(office=obj).order_by("-created_at", "-pk")[:24])
+        if not invoices:
+            return "No invoice yet."
+        rows = format_html_join(
+            "",
+            '<tr><td class="py-1 pr-4"><a href="{}" class="text-primary-600">{}</a></td><td class="pr-4">{}</td>'
+            '<td class="pr-4">{}</td><td class="pr-4">{}</td><td class="text-right pr-4">{}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:billing_invoice_change", args=[inv.pk]),
+                    str(inv),
+                    inv.get_kind_display(),
+                    inv.get_status_display(),
+                    local_period(inv.period_start, inv.period_end, obj.timezone)
+                    if inv.period_start and inv.period_end
+                    else "—",
+                    format_cents(inv.total_cents, inv.currency),
+                    format_html('<a href="/api/v1/invoices/{}/pdf/" class="text-primary-600">PDF</a>', inv.pk)
+                    if inv.status != InvoiceStatus.DRAFT
+                    else "",
+                )
+                for inv in invoices
+            ),
+        )
+        more = reverse("admin:billing_invoice_changelist") + f"?office__id__exact={obj.pk}"
+        return format_html(
+            '<table class="text-sm"><thead><tr><th class="text-left pr-4">Invoice</th>'
+            '<th class="text-left pr-4">Kind</th>'
+            '<th class="text-left pr-4">Status</th><th class="text-left pr-4">Period</th>'
+            '<th class="text-right pr-4">Total</th><th></th></tr></thead><tbody>{}</tbody></table>'
+            '<p class="text-xs mt-2"><a href="{}" class="text-primary-600">All invoices of this office</a></p>',
+            rows,
+            more,
+        )
+
+    @admin.display(description="From the audit trail")
+    def recent_activity(self, obj: Office) -> str:
+        events = AuditEvent.objects.filter(office_id=obj.pk).exclude(action__endswith="viewed").order_by("-seq")[:15]
+        rows = format_html_join(
+            "",
+            '<li class="py-1"><span class="font-semibold">{}</span> — {}{}{}</li>',
+            (
+                (
+                    local_minute(e.ts, obj.timezone),
+                    e.action.replace("_", " ").replace(".", ": "),
+                    f" by {e.actor_label or e.actor_type}",
+                    f" ({e.reason})" if e.reason else "",
+                )
+                for e in events
+            ),
+        )
+        return format_html('<ul class="text-sm">{}</ul>', rows) if rows else "Nothing recorded yet."
 
     def has_run_billing_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("billing.add_billingrun"))
@@ -801,13 +992,36 @@ class BillingOfficeAdmin(OfficeAdmin):
 
     @admin.action(description="Preview billing for selected offices (dry run)", permissions=("run_billing",))
     def preview_billing(self, request: HttpRequest, queryset: QuerySet[Office]) -> HttpResponse | None:
-        """Show what a billing run would do for the selected offices; nothing is kept (spec §6)."""
+        """Show what a billing run would do for the selected offices, as of now, the end of a
+        chosen date or the next boundary (a dry run may look ahead); nothing is kept (spec §6, §10)."""
+        office_ids = list(queryset.values_list("pk", flat=True))
+        tz_name = str(settings.BILLING_DEFAULT_TIMEZONE)
+        choice = request.POST.get("preview_as_of", "now")
+        form = PreviewAsOfForm(request.POST if choice == "date" else None, tz_name=tz_name)
+        as_of: datetime | None = None
+        as_of_choice = "now"
+        if choice == "date" and form.is_valid():
+            as_of, as_of_choice = form.cleaned_data["as_of"], f"the end of {form.cleaned_data['preview_on']}"
+        elif choice == "next":
+            as_of = next_boundary(office_ids=office_ids)
+            if as_of is None:
+                self.message_user(
+                    request, "No selected office has a boundary ahead; showing the preview as of now.", messages.INFO
+                )
+            else:
+                as_of_choice = "the next boundary"
         try:
-            preview = billing_preview(office_ids=list(queryset.values_list("pk", flat=True)))
+            preview = billing_preview(office_ids=office_ids, as_of=as_of)
         except ApplicationError as exc:
             self.message_user(request, exc.message, messages.ERROR)
             return None
-        context = {**self._action_context(request, queryset, "Billing preview (nothing was saved)"), **preview}
+        context = {
+            **self._action_context(request, queryset, "Billing preview (nothing was saved)"),
+            **preview,
+            "as_of_choice": as_of_choice,
+            "form": form,
+            "media": self.media + form.media,
+        }
         return TemplateResponse(request, "admin/billing/billing_preview.html", context)
 
     @admin.action(description="Run billing now for selected offices", permissions=("run_billing",))
@@ -827,9 +1041,9 @@ class BillingOfficeAdmin(OfficeAdmin):
         )
         self.message_user(
             request,
-            f"Billing run #{run.pk} ({run.status}) as of {_iso(run.as_of)}: {run.offices_due} office(s) due, "
-            f"{run.offices_done} done, {run.invoices_finalized} invoice(s) finalized "
-            f"({run.amount_finalized_cents} cents), {run.invoices_opened} opened, {run.lines_created} line(s) "
+            f"Billing run #{run.pk} ({run.status}) as of {_when(run.as_of)}: {run.offices_due} office(s) due, "
+            f"{run.offices_done} done, {run.invoices_finalized} invoice(s) finalized, "
+            f"{run.invoices_opened} billing period(s) opened, {run.lines_created} line(s) "
             f"created, {run.error_count} error(s).",
             messages.WARNING if run.error_count else messages.SUCCESS,
         )
@@ -871,8 +1085,9 @@ class BillingOfficeAdmin(OfficeAdmin):
         return TemplateResponse(request, "admin/billing/one_off_invoice.html", context)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
+def _when(moment: datetime) -> str:
+    """An instant as operators read it: local minute and offset in the reporting zone."""
+    return local_minute(moment, str(settings.BILLING_DEFAULT_TIMEZONE))
 
 
 # dj-stripe's key and endpoint tables would hold secrets in the database: our rule keeps

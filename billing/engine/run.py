@@ -17,6 +17,7 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import audit_record, deferred_sealing
 from billing.engine.advance import advance_one
+from billing.engine.cycles import next_boundary_after, zone
 from billing.engine.office import AdvanceStats, lock_office
 from billing.models import (
     BillingRun,
@@ -34,10 +35,16 @@ logger = logging.getLogger("billing.run")
 
 # A run's as-of may be this far ahead of the clock (clock skew between machines).
 AS_OF_TOLERANCE = timedelta(seconds=5)
+# How far ahead a dry run may look (each month ahead is one more boundary per office).
+PREVIEW_HORIZON = timedelta(days=366)
 
 
-def validate_as_of(as_of: datetime | str | None) -> datetime:
-    """An aware as-of at or before now (5 s of clock skew allowed, then clamped) (spec §6)."""
+def validate_as_of(as_of: datetime | str | None, *, allow_future: bool = False) -> datetime:
+    """An aware as-of at or before now (5 s of clock skew allowed, then clamped) (spec §6).
+
+    With `allow_future` (the dry run only, spec §10) the as-of may also be up to
+    PREVIEW_HORIZON ahead: the run is rolled back, so it may look at boundaries that have
+    not come yet, taking the history as it stands now (patients active now stay active)."""
     now = timezone.now()
     if as_of is None:
         return now
@@ -51,7 +58,16 @@ def validate_as_of(as_of: datetime | str | None) -> datetime:
             f"--as-of {as_of.isoformat()} has no UTC offset; give one, e.g. 2026-04-10T06:00:00+00:00."
         )
     if as_of > now + AS_OF_TOLERANCE:
-        raise ApplicationError(f"--as-of {as_of.isoformat()} is in the future; a run may only bill what has happened.")
+        if not allow_future:
+            raise ApplicationError(
+                f"--as-of {as_of.isoformat()} is in the future; a run may only bill what has happened."
+            )
+        if as_of > now + PREVIEW_HORIZON:
+            raise ApplicationError(
+                f"--as-of {as_of.isoformat()} is more than {PREVIEW_HORIZON.days} days ahead; "
+                "a dry run looks ahead at most that far."
+            )
+        return as_of
     # Within the tolerance, bill only up to now: finalizing a cycle before it has ended
     # would put a later activation stamped inside it on the next cycle instead.
     return min(as_of, now)
@@ -68,6 +84,37 @@ def offices_due(*, as_of: datetime, office_ids: Iterable[int] | None = None) -> 
         trials = trials.filter(pk__in=ids)
     due = set(drafts.values_list("office_id", flat=True)) | set(trials.values_list("pk", flat=True))
     return sorted(due)
+
+
+def next_boundary(*, office_ids: Iterable[int], after: datetime | None = None) -> datetime | None:
+    """The earliest boundary strictly after `after` (default: now) among these offices — a
+    trial end, or the end of a billing cycle — or None if none of them has one (no
+    subscription, canceled, or ending at a boundary already passed). Two queries."""
+    after = after or timezone.now()
+    ids = list(office_ids)
+    drafts = dict(
+        Invoice.objects.filter(office_id__in=ids, kind=InvoiceKind.CYCLE, status=InvoiceStatus.DRAFT).values_list(
+            "office_id", "period_end"
+        )
+    )
+    found: list[datetime] = []
+    for office in Office.objects.filter(pk__in=ids):
+        anchor = office.billing_cycle_anchor_date
+        if office.subscription_status == SubscriptionStatus.TRIALING and office.trial_ends_at is not None:
+            if office.trial_ends_at > after:
+                found.append(office.trial_ends_at)
+                continue
+        elif office.pk not in drafts:
+            continue  # nothing is billed until it subscribes again
+        end = drafts.get(office.pk)
+        if end is not None and end > after:
+            found.append(end)
+        elif office.cancel_at_period_end:
+            continue  # its last cycle has ended; the run cancels it there
+        elif anchor is not None:
+            # The boundaries already due come first; the next one after them is on the anchor.
+            found.append(next_boundary_after(anchor, after, zone(office.timezone)))
+    return min(found, default=None)
 
 
 def billing_run_start(
@@ -259,9 +306,11 @@ def billing_run(
     trigger: str = "command",
     progress: Callable[[int, AdvanceStats], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    allow_future: bool = False,
 ) -> BillingRun:
-    """Run billing in this process for every due office (or the given ones)."""
-    as_of_dt = validate_as_of(as_of)
+    """Run billing in this process for every due office (or the given ones). A future
+    as-of is refused unless `allow_future`, which only the dry run passes (it rolls back)."""
+    as_of_dt = validate_as_of(as_of, allow_future=allow_future)
     if office_ids is not None:
         missing = set(office_ids) - set(Office.objects.filter(pk__in=office_ids).values_list("pk", flat=True))
         if missing:
@@ -379,7 +428,13 @@ def billing_run_preview(
     """The dry run (spec §10 `--dry-run`; the admin's preview): the real run through the
     real engine inside ONE transaction that is then rolled back — numbers, audit entries
     and Stripe push requests included (on_commit work is dropped). The only place a run
-    uses one transaction for many offices."""
+    uses one transaction for many offices.
+
+    It may look ahead (`as_of` up to PREVIEW_HORIZON in the future): what is unknown yet is
+    taken as it stands now — the patients active now stay active, nobody else is activated,
+    pending plan changes and cancellations at period end apply at their boundary — so it
+    shows what a run at that instant will finalize if nothing changes in between (numbers,
+    finalization and due dates aside: those are the real run's, taken from its clock)."""
     per_office: dict[int, AdvanceStats] = {}
 
     def record(office_id: int, stats: AdvanceStats) -> None:
@@ -390,7 +445,14 @@ def billing_run_preview(
     report: RunReport | None = None
     try:
         with transaction.atomic():
-            run = billing_run(as_of=as_of, office_ids=office_ids, trigger=trigger, progress=record, on_start=on_start)
+            run = billing_run(
+                as_of=as_of,
+                office_ids=office_ids,
+                trigger=trigger,
+                progress=record,
+                on_start=on_start,
+                allow_future=True,
+            )
             report = billing_run_report(run=run, per_office=per_office, dry_run=True)
             raise _DryRunRollback
     except _DryRunRollback:

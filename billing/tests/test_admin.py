@@ -457,8 +457,8 @@ def test_it_previews_billing_without_writing_anything(world, operator_client):
     html = response.content.decode()
     assert "nothing was saved" in html
     assert "Lakeside Clinic" in html and "$150.00 USD" in html  # cycle 2 would finalize at the minimum
-    assert re.search(r"<th>invoices_finalized</th><td>1</td>", html)
-    assert re.search(r"<th>invoices_opened</th><td>1</td>", html)
+    assert re.search(r"<th[^>]*>Invoices finalized</th><td[^>]*>1</td>", html)
+    assert re.search(r"<th[^>]*>Billing periods opened</th><td[^>]*>1</td>", html)
     assert snapshot() == before
 
 
@@ -644,3 +644,17 @@ def test_it_exports_invoices_and_the_aging_as_csv_formula_escaped_and_audited(wo
     open_cents = sum(i.total_cents for i in Invoice.objects.filter(office=world.office, status=InvoiceStatus.OPEN))
     assert sum(int(r[4]) for r in aging_rows[1:] if r[2] == str(world.office.pk)) == open_cents
     assert AuditEvent.objects.filter(action="aging.exported").count() == 1
+
+
+def test_the_office_page_is_the_hub_of_its_money_invoices_and_history(world, operator_client):
+    """Issue 9, item 2: status, plan, balance in major units, active patients, its invoices
+    with PDF links, its Stripe customer, what happened recently — on the office's page."""
+    html = page(operator_client, admin_url(Office, "change", world.office.pk))
+    assert "Outstanding" in html and "Past due" in html and "Active patients" in html
+    open_cents = sum(i.total_cents for i in Invoice.objects.filter(office=world.office, status=InvoiceStatus.OPEN))
+    assert f"${open_cents // 100:,}.{open_cents % 100:02d} USD" in html
+    assert world.setup_invoice.number in html
+    assert f'href="/api/v1/invoices/{world.setup_invoice.pk}/pdf/"' in html
+    assert "not created yet" in html  # no Stripe customer in this world
+    assert "subscription: created" in html or "invoice: finalized" in html
+    assert "viewed by" not in html

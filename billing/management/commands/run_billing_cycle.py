@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 from tqdm import tqdm
 
 from billing.dates import local_day
@@ -20,7 +21,11 @@ class Command(BaseCommand):
     help = "Finalize ended billing cycles and open the next ones, for every due office (or one)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--as-of", dest="as_of", help="ISO 8601 date-time with offset; defaults to now.")
+        parser.add_argument(
+            "--as-of",
+            dest="as_of",
+            help="ISO 8601 date-time with offset; defaults to now. In the future only with --dry-run.",
+        )
         parser.add_argument("--office", dest="office", type=int, action="append", help="Office id (repeatable).")
         parser.add_argument("--dry-run", action="store_true", help="Show what would be invoiced; write nothing.")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
@@ -66,6 +71,10 @@ class Command(BaseCommand):
         out, run = self.stdout, report.run
         title = "DRY RUN — nothing was written" if report.dry_run else f"Billing run #{run.pk}"
         out.write(self.style.MIGRATE_HEADING(f"{title} (as of {run.as_of.isoformat()})"))
+        if report.dry_run and run.as_of > timezone.now():
+            out.write(
+                "Looking ahead: this assumes the patients active now stay active and nothing else changes until then."
+            )
         if report.finalized:
             header = (
                 f"{'office':<28} {'invoice':<18} {'kind':<8} {'period':<25} {'lines':>5} {'total':>14} {'status':<6}"
