@@ -181,7 +181,13 @@ def stripe_event_react(*, event: VerifiedEvent, gateway: Gateway | None = None) 
         # Gone or unreadable in Stripe: nothing to apply; reconciliation reports it.
         logger.warning("event %s: invoice %s not readable in Stripe: %s", event.id, stripe_invoice_id, exc)
         return f"ignored: Stripe invoice unreadable ({exc.code or 'error'})"
-    return _apply(event=event, invoice_id=invoice.pk, stripe_invoice_id=stripe_invoice_id, current=current)
+    return _apply(
+        event=event,
+        invoice_id=invoice.pk,
+        office_id=invoice.office_id,
+        stripe_invoice_id=stripe_invoice_id,
+        current=current,
+    )
 
 
 def _transition_ts(current: Any, name: str) -> datetime | None:
@@ -195,9 +201,13 @@ _field = stripe_field
 
 
 @transaction.atomic
-def _apply(*, event: VerifiedEvent, invoice_id: int, stripe_invoice_id: str, current: Any) -> str:
-    office = lock_office(Invoice.objects.values_list("office_id", flat=True).get(pk=invoice_id))
+def _apply(*, event: VerifiedEvent, invoice_id: int, office_id: int, stripe_invoice_id: str, current: Any) -> str:
+    # An invoice never changes office (a frozen column once finalized), so the office read
+    # with it above is the one to lock.
+    office = lock_office(office_id)
     invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+    if invoice.office_id != office.pk:  # cannot happen; if it did, the wrong lock is held
+        raise ConflictError(f"Invoice {invoice_id} moved from office {office_id} to {invoice.office_id}.")
     now = timezone.now()
     remote = str(_field(current, "status") or "")
     outcome = f"no change (local {invoice.status}, Stripe {remote})"

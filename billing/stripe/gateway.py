@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -144,20 +146,66 @@ def http_session(*, ca_file: str | None = None, allow_plain_http: bool = False) 
     return session
 
 
-def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe.StripeClient:
-    """A configured client. `api_base` and `ca_file` exist for tests (localstripe, a test CA)."""
-    base = api_base or settings.STRIPE_API_BASE or None
-    http_client = stripe.RequestsClient(
-        timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
-        session=http_session(ca_file=ca_file, allow_plain_http=_plain_http(base)),
+# Clients built by `client()`, per thread (a requests session is not shared between
+# threads), keyed by everything they were built from: building one loads the CA bundle
+# into a new TLS context (~30 ms of CPU) and opens new connections, so a webhook request
+# or a push must not pay that every time. Settings change under tests: a new key, a new
+# client. Bounded, oldest dropped first (tests point at many short-lived servers).
+_clients = threading.local()
+_CLIENTS_PER_THREAD = 8
+
+
+def _cached_clients() -> OrderedDict[tuple[Any, ...], tuple[stripe.StripeClient, requests.Session]]:
+    cache: OrderedDict[tuple[Any, ...], tuple[stripe.StripeClient, requests.Session]] | None = getattr(
+        _clients, "cache", None
     )
-    return stripe.StripeClient(
+    if cache is None:
+        cache = _clients.cache = OrderedDict()
+    return cache
+
+
+def _mtime(path: str | None) -> int | None:
+    """A CA file rewritten in place is a new client."""
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe.StripeClient:
+    """A configured client, reused by this thread while the settings it was built from stay
+    the same. `api_base` and `ca_file` exist for tests (localstripe, a test CA)."""
+    base = api_base or settings.STRIPE_API_BASE or None
+    allow_plain_http = _plain_http(base)  # refused here, before any cached client is handed out
+    timeout = (settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS)
+    key = (
+        base,
+        settings.STRIPE_SECRET_KEY,
+        ca_file,
+        _mtime(ca_file),
+        timeout,
+        settings.STRIPE_MAX_NETWORK_RETRIES,
+        allow_plain_http,
+        STRIPE_API_VERSION,
+    )
+    cache = _cached_clients()
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found[0]
+    session = http_session(ca_file=ca_file, allow_plain_http=allow_plain_http)
+    built = stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": base} if base else None,
         max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
-        http_client=http_client,
+        http_client=stripe.RequestsClient(timeout=timeout, session=session),
     )
+    cache[key] = (built, session)
+    while len(cache) > _CLIENTS_PER_THREAD:
+        _, (_, dropped) = cache.popitem(last=False)
+        dropped.close()
+    return built
 
 
 def configure_module_client() -> None:

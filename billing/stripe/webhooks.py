@@ -40,7 +40,7 @@ from django.views.decorators.http import require_POST
 
 from audit.context import current_source
 from audit.models import ActorType, Outcome
-from audit.services import audit_record
+from audit.services import audit_record, deferred_sealing
 from billing.models import StripeEvent, StripeEventStatus, WebhookRejectionWindow
 from billing.stripe.djstripe_adapter import MirrorResult, mirror_event, mirror_event_by_id, redact
 from billing.stripe.events import NotAnEvent, VerifiedEvent, stripe_event_react
@@ -216,7 +216,11 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
             raise Rejected("livemode does not match this deployment's key", event_id=event.id)
     except Rejected as rejected:
         return _reject(request, rejected, size=size)
-    return _handle(event=event, payload=payload, signature=signature)
+    # The delivery's entries (received, the reaction's, processed or failed) are chained by
+    # one seal when it is done rather than one per transaction: two seals per event took
+    # the chain head's lock twice, and concurrent deliveries queued on it.
+    with deferred_sealing():
+        return _handle(event=event, payload=payload, signature=signature)
 
 
 # --- Recording once, reacting once ----------------------------------------------------------
