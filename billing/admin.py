@@ -234,6 +234,24 @@ def invoice_csv_rows(invoices: list[Invoice]) -> list[list[Any]]:
     return rows
 
 
+def audit_entries_html(events: Any, tz_name: str) -> str:
+    """Audit entries as a list people read: local time, what happened, by whom, why."""
+    rows = format_html_join(
+        "",
+        '<li class="py-1"><span class="font-semibold">{}</span> — {}{}{}</li>',
+        (
+            (
+                local_minute(event.ts, tz_name),
+                event.action.replace("_", " ").replace(".", ": "),
+                f" by {event.actor_label or event.actor_type}",
+                f" ({event.reason})" if event.reason else "",
+            )
+            for event in events
+        ),
+    )
+    return format_html('<ul class="text-sm">{}</ul>', rows) if rows else "Nothing recorded yet."
+
+
 def csv_response(filename: str, rows: list[list[Any]]) -> HttpResponse:
     """A CSV download; every cell formula-escaped as the audit export does (CSV injection)."""
     import csv
@@ -428,20 +446,7 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
             .exclude(action__endswith="viewed")  # reads of the invoice are in the audit trail, not its story
             .order_by("seq")
         )
-        rows = format_html_join(
-            "",
-            '<li class="py-1"><span class="font-semibold">{}</span> — {}{}{}</li>',
-            (
-                (
-                    local_minute(event.ts, obj.office.timezone),
-                    event.action.replace("_", " ").replace(".", ": "),
-                    f" by {event.actor_label or event.actor_type}",
-                    f" ({event.reason})" if event.reason else "",
-                )
-                for event in events[:200]
-            ),
-        )
-        return format_html('<ul class="text-sm">{}</ul>', rows) if rows else "Nothing recorded yet."
+        return audit_entries_html(events[:200], obj.office.timezone)
 
     @admin.display(description="Period (office's dates)", ordering="period_start")
     def period(self, obj: Invoice) -> str:
@@ -959,20 +964,7 @@ class BillingOfficeAdmin(OfficeAdmin):
     @admin.display(description="From the audit trail")
     def recent_activity(self, obj: Office) -> str:
         events = AuditEvent.objects.filter(office_id=obj.pk).exclude(action__endswith="viewed").order_by("-seq")[:15]
-        rows = format_html_join(
-            "",
-            '<li class="py-1"><span class="font-semibold">{}</span> — {}{}{}</li>',
-            (
-                (
-                    local_minute(e.ts, obj.timezone),
-                    e.action.replace("_", " ").replace(".", ": "),
-                    f" by {e.actor_label or e.actor_type}",
-                    f" ({e.reason})" if e.reason else "",
-                )
-                for e in events
-            ),
-        )
-        return format_html('<ul class="text-sm">{}</ul>', rows) if rows else "Nothing recorded yet."
+        return audit_entries_html(events, obj.timezone)
 
     def has_run_billing_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("billing.add_billingrun"))

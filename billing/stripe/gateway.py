@@ -292,6 +292,14 @@ class Gateway:
         except stripe.StripeError as exc:
             raise _map_errors(exc) from exc
 
+    def _each(self, fn: Any, params: Any) -> Iterator[Any]:
+        """Every row of a Stripe list, page by page; errors mapped on every page."""
+        page = self._call(fn, params, None)
+        try:
+            yield from page.auto_paging_iter()
+        except stripe.StripeError as exc:
+            raise _map_errors(exc) from exc
+
     # --- customers -----------------------------------------------------------------
     def customer_create(self, *, office: Office, key: str) -> Any:
         params: CustomerCreateParams = {
@@ -319,11 +327,7 @@ class Gateway:
 
     def customers_list(self) -> Iterator[Any]:
         """Every customer of the account, page by page (reconciliation's identity check)."""
-        page = self._call(self._client.v1.customers.list, {"limit": self.page_size}, None)
-        try:
-            yield from page.auto_paging_iter()
-        except stripe.StripeError as exc:
-            raise _map_errors(exc) from exc
+        yield from self._each(self._client.v1.customers.list, {"limit": self.page_size})
 
     def customer_update(self, *, office: Office, customer_id: str, key: str) -> Any:
         """Sync the office's business name and billing email (nothing else is sent)."""
@@ -412,22 +416,13 @@ class Gateway:
     def invoice_lines_list(self, *, stripe_invoice_id: str) -> Iterator[Any]:
         """Every line of an invoice, page by page: a retrieved invoice embeds only the
         first page of its lines."""
-        page = self._call(
+        yield from self._each(
             lambda params, options: self._client.v1.invoices.line_items.list(
                 stripe_invoice_id, params=params, options=options
             ),
             {"limit": self.page_size},
-            None,
         )
-        try:
-            yield from page.auto_paging_iter()
-        except stripe.StripeError as exc:
-            raise _map_errors(exc) from exc
 
     def invoices_list(self, *, params: InvoiceListParams) -> Iterator[Any]:
         """Every invoice matching `params`, page by page (auto-pagination)."""
-        page = self._call(self._client.v1.invoices.list, params, None)
-        try:
-            yield from page.auto_paging_iter()
-        except stripe.StripeError as exc:
-            raise _map_errors(exc) from exc
+        yield from self._each(self._client.v1.invoices.list, params)
