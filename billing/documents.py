@@ -9,13 +9,13 @@ reference. Pages are numbered ("Page 2 of 3")."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count
 from django.template.loader import render_to_string
 
 from billing.dates import local_day, local_minute
 from billing.engine.labels import PATIENT_GROUP_LABEL
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus
 from billing.money import format_cents
+from billing.selectors import patient_line_groups
 
 
 def money(cents: int, currency: str) -> str:
@@ -28,12 +28,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     from weasyprint import HTML  # imported lazily: it loads pango at import time
 
     tz = invoice.office.timezone
-    groups = (
-        invoice.lines.filter(kind__in=PATIENT_LINE_KINDS)
-        .values("kind", "unit_amount_cents")
-        .annotate(n=Count("id"))
-        .order_by("kind", "unit_amount_cents")
-    )
+    groups = patient_line_groups(invoice)
     summary = [
         {
             "description": f"{PATIENT_GROUP_LABEL[g['kind']]}: {g['n']} × "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypedDict
 
 from django.conf import settings
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 
-from billing.models import Invoice, InvoiceStatus
+from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem
 from offices.models import Office
 
 
@@ -53,3 +54,22 @@ def payment_status(*, office: Office) -> PaymentStatus:
 def office_currency(office: Office) -> str:
     """The currency an office is billed in: its plan's, else BILLING_DEFAULT_CURRENCY."""
     return office.current_plan.currency if office.current_plan else settings.BILLING_DEFAULT_CURRENCY
+
+
+class PatientLineGroup(TypedDict):
+    kind: str
+    unit_amount_cents: int
+    n: int
+
+
+def patient_line_groups(invoice: Invoice) -> list[PatientLineGroup]:
+    """The invoice's patient lines grouped as the office and Stripe read them: one row per
+    (kind, unit price) with its count `n`, in a stable order (the PDF's summary, the push's
+    items)."""
+    rows = (
+        LineItem.objects.filter(invoice=invoice, kind__in=PATIENT_LINE_KINDS)
+        .values("kind", "unit_amount_cents")
+        .annotate(n=Count("id"))
+        .order_by("kind", "unit_amount_cents")
+    )
+    return [PatientLineGroup(kind=r["kind"], unit_amount_cents=r["unit_amount_cents"], n=r["n"]) for r in rows]

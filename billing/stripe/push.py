@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.models import ActorType, Outcome
@@ -27,6 +27,7 @@ from billing.dates import local_period
 from billing.engine.labels import PATIENT_GROUP_LABEL
 from billing.models import PATIENT_LINE_KINDS, Invoice, InvoiceStatus, LineItem, PushState
 from billing.phi_guard import PhiIndex, PhiRefused, invoice_tokens
+from billing.selectors import patient_line_groups
 from billing.stripe.gateway import Gateway, GatewayError, Transient
 from offices.models import CollectionMethod, Office
 
@@ -49,12 +50,7 @@ def stripe_items(invoice: Invoice) -> list[StripeItem]:
     if invoice.period_start and invoice.period_end:
         period = f", {local_period(invoice.period_start, invoice.period_end, invoice.office.timezone)}"
     items: list[StripeItem] = []
-    groups = (
-        LineItem.objects.filter(invoice=invoice, kind__in=PATIENT_LINE_KINDS)
-        .values("kind", "unit_amount_cents")
-        .annotate(n=Count("id"))
-        .order_by("kind", "unit_amount_cents")
-    )
+    groups = patient_line_groups(invoice)
     for group in groups:
         items.append(
             StripeItem(
