@@ -28,10 +28,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
+from unfold.decorators import action as unfold_action
 
 from audit.export import csv_cell
 from audit.models import AuditEvent
 from audit.services import audit_record
+from billing.console_office import ConfirmForm, OfficeActionsMixin, OneOffLineFormSet, one_off_lines
 from billing.dates import local_day, local_minute, local_period, local_today
 from billing.engine.cycles import local_midnight, zone
 from billing.engine.run import PREVIEW_HORIZON, InvoiceSummary, billing_run, billing_run_preview, next_boundary
@@ -51,7 +53,8 @@ from billing.models import (
     WebhookRejectionWindow,
 )
 from billing.money import cents_to_major, format_cents, major_to_cents
-from billing.services import invoice_create_one_off, invoice_void, plan_create, plan_update
+from billing.selectors import office_currency
+from billing.services import invoice_create_one_off, invoice_mark_uncollectible, invoice_void, plan_create, plan_update
 from billing.stripe.events import PAYMENT_METHODS, invoice_mark_paid_out_of_band
 from billing.stripe.gateway import GatewayError
 from billing.stripe.push import invoice_push, stripe_items
@@ -281,6 +284,17 @@ class VoidForm(ConsoleFormMixin, forms.Form):
         return reason
 
 
+class WriteOffForm(ConsoleFormMixin, forms.Form):
+    """Why the invoices are written off (PHI-guarded by `invoice_mark_uncollectible`)."""
+
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required; kept in the audit trail. No patient information.",
+        error_messages={"required": "Say why these invoices are written off."},
+    )
+
+
 class OutOfBandPaymentForm(ConsoleFormMixin, forms.Form):
     """A cheque, wire or other payment received outside Stripe, as the operator reads it:
     the amount in major units of the invoice's currency, the date in the office's zone."""
@@ -353,7 +367,9 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
     )  # fmt: skip
     readonly_fields = (*INVOICE_FIELDS, "local_period", "local_due", "document", "stripe_lines", "timeline")
     inlines = (LineItemInline,)
-    actions = ("void_invoices", "mark_paid_out_of_band", "push_to_stripe", "export_csv")
+    actions = ("void_invoices", "mark_paid_out_of_band", "mark_uncollectible", "push_to_stripe", "export_csv")
+    # The same actions as buttons on an invoice's page, shown when they apply to it.
+    actions_detail = ("void_this", "record_payment_this", "write_off_this", "push_this")
 
     def get_urls(self) -> list[Any]:
         from django.urls import path
@@ -553,10 +569,106 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
         }
         return TemplateResponse(request, "admin/billing/out_of_band_payment.html", context)
 
-    @admin.action(description="Push pending invoices to Stripe now", permissions=("void",))
-    def push_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        """Push the selected pending or failed invoices to Stripe now (spec §8)."""
-        pending = queryset.filter(push_state__in=[PushState.PENDING, PushState.FAILED]).order_by("pk")
+    @admin.action(description="Write off selected invoices (uncollectible)…", permissions=("void",))
+    def mark_uncollectible(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        """Write off the selected open invoices through `invoice_mark_uncollectible`, after a
+        confirmation page that asks for the reason; Stripe follows after commit (spec §12)."""
+        invoices = list(queryset.select_related("office").order_by("pk"))
+        form = WriteOffForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            done: list[str] = []
+            for invoice in invoices:
+                try:
+                    invoice_mark_uncollectible(invoice=invoice, actor=request.user, reason=form.cleaned_data["reason"])
+                except ApplicationError as exc:
+                    self.message_user(request, exc.message, messages.WARNING)
+                else:
+                    done.append(str(invoice))
+            if done:
+                self.message_user(request, f"Wrote off {len(done)} invoice(s): {', '.join(done)}.", messages.SUCCESS)
+            return None
+        return self._confirm_page(
+            request,
+            invoices,
+            form=form,
+            title=f"Write off {len(invoices)} invoice(s)",
+            intro=(
+                "These invoices will be marked uncollectible: nothing more is collected for them, they no "
+                "longer count as past due, and Stripe is told to stop collecting. A payment that arrives "
+                "later is still recorded."
+            ),
+            submit=f"Write off {len(invoices)} invoice(s)",
+            action_name="mark_uncollectible",
+        )
+
+    def _confirm_page(
+        self,
+        request: HttpRequest,
+        invoices: list[Invoice],
+        *,
+        form: forms.Form,
+        title: str,
+        intro: str,
+        submit: str,
+        action_name: str,
+    ) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "intro": intro,
+            "opts": self.model._meta,
+            "invoices": [
+                {
+                    "pk": invoice.pk,
+                    "label": str(invoice),
+                    "office": invoice.office.name,
+                    "status": invoice.get_status_display(),
+                    "total": format_cents(invoice.total_cents, invoice.currency),
+                }
+                for invoice in invoices
+            ],
+            "form": form,
+            "submit_label": submit,
+            "action_name": action_name,
+            "cancel_url": reverse("admin:billing_invoice_changelist"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/billing/invoices_confirm.html", context)
+
+    @admin.action(description="Push pending invoices to Stripe now…", permissions=("void",))
+    def push_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        """Push the selected pending or failed invoices to Stripe now, after a confirmation
+        page listing them (spec §8)."""
+        pending = list(
+            queryset.filter(push_state__in=[PushState.PENDING, PushState.FAILED])
+            .select_related("office")
+            .order_by("pk")
+        )
+        if not pending:
+            self.message_user(request, "No selected invoice is waiting for a Stripe push.", messages.INFO)
+            return None
+        form = ConfirmForm(request.POST if "apply" in request.POST else None)
+        if not (form.is_bound and form.is_valid()):
+            return self._confirm_page(
+                request,
+                pending,
+                form=form,
+                title=f"Push {len(pending)} invoice(s) to Stripe now",
+                intro=(
+                    "These invoices are waiting for Stripe (or Stripe refused them). They are sent now, "
+                    "in this request; one already in flight elsewhere is left to that push. Sending twice "
+                    "never creates a second Stripe invoice."
+                ),
+                submit=f"Push {len(pending)} invoice(s) now",
+                action_name="push_to_stripe",
+            )
+        audit_record(
+            action="invoice.push_requested",
+            actor=request.user,
+            target_type="billing.Invoice",
+            data={"invoice_ids": [invoice.pk for invoice in pending]},
+        )
         for invoice in pending:
             try:
                 pushed = invoice_push(invoice_id=invoice.pk)
@@ -568,8 +680,61 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
                 else:
                     reason = pushed.push_error or "another push or void of it is in progress"
                     self.message_user(request, f"{invoice}: not pushed ({reason}).", messages.WARNING)
-        if not pending:
-            self.message_user(request, "No selected invoice is waiting for a Stripe push.", messages.INFO)
+        return None
+
+    # -- the buttons of one invoice's page (unfold detail actions) ---------------------------
+    def _this(self, request: HttpRequest, object_id: Any) -> Invoice | None:
+        cache: dict[str, Invoice | None] = request.__dict__.setdefault("_console_invoices", {})
+        if str(object_id) not in cache:
+            cache[str(object_id)] = Invoice.objects.filter(pk=object_id).first()
+        return cache[str(object_id)]
+
+    def has_open_invoice_permission(self, request: HttpRequest, object_id: Any = None) -> bool:
+        invoice = self._this(request, object_id)
+        return self.has_void_permission(request) and invoice is not None and invoice.status == InvoiceStatus.OPEN
+
+    def has_voidable_invoice_permission(self, request: HttpRequest, object_id: Any = None) -> bool:
+        invoice = self._this(request, object_id)
+        return (
+            self.has_void_permission(request)
+            and invoice is not None
+            and invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
+        )
+
+    def has_pushable_invoice_permission(self, request: HttpRequest, object_id: Any = None) -> bool:
+        invoice = self._this(request, object_id)
+        return (
+            self.has_void_permission(request)
+            and invoice is not None
+            and invoice.status != InvoiceStatus.DRAFT
+            and invoice.push_state in (PushState.PENDING, PushState.FAILED)
+        )
+
+    def _on_this(self, request: HttpRequest, object_id: Any, run: Any) -> HttpResponse:
+        response = run(request, Invoice.objects.filter(pk=object_id))
+        return response or HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[object_id]))
+
+    @unfold_action(description="Void…", url_path="void", permissions=["voidable_invoice"], icon="block")
+    def void_this(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+        """Void this invoice, with a reason (spec §6, §8)."""
+        return self._on_this(request, object_id, self.void_invoices)
+
+    @unfold_action(
+        description="Record payment…", url_path="record-payment", permissions=["voidable_invoice"], icon="payments"
+    )
+    def record_payment_this(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+        """Record a cheque or wire for this invoice, with its reference (spec §8)."""
+        return self._on_this(request, object_id, self.mark_paid_out_of_band)
+
+    @unfold_action(description="Write off…", url_path="write-off", permissions=["open_invoice"], icon="money_off")
+    def write_off_this(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+        """Write this invoice off (uncollectible), with a reason (spec §12)."""
+        return self._on_this(request, object_id, self.mark_uncollectible)
+
+    @unfold_action(description="Push to Stripe now…", url_path="push", permissions=["pushable_invoice"], icon="send")
+    def push_this(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+        """Push this invoice to Stripe now, after a confirmation (spec §8)."""
+        return self._on_this(request, object_id, self.push_to_stripe)
 
 
 @admin.register(WebhookRejectionWindow)
@@ -803,47 +968,11 @@ def billing_preview(*, office_ids: list[int], as_of: datetime | None = None) -> 
     }
 
 
-class OneOffLineForm(forms.Form):
-    description = forms.CharField(max_length=500, required=False)
-    amount_cents = forms.IntegerField(required=False, min_value=0, label="Amount (cents)")
-    quantity = forms.IntegerField(required=False, min_value=1, initial=1)
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        description = (data.get("description") or "").strip()
-        if description and data.get("amount_cents") is None:
-            self.add_error("amount_cents", "Give the amount in cents for this line.")
-        if not description and data.get("amount_cents") is not None:
-            self.add_error("description", "Describe this line.")
-        return data
-
-
-ONE_OFF_MAX_LINES = 5
-OneOffLineFormSet = forms.formset_factory(
-    OneOffLineForm, extra=ONE_OFF_MAX_LINES, max_num=ONE_OFF_MAX_LINES, validate_max=True
-)
 _LINE_FIELD = re.compile(r"lines\[(\d+)\]\.(\w+)")
 
 
-def _one_off_lines(formset: Any) -> tuple[list[dict[str, Any]], list[forms.Form]]:
-    lines, forms_used = [], []
-    for form in formset.forms:
-        data = form.cleaned_data
-        if not (data.get("description") or "").strip():
-            continue
-        lines.append(
-            {
-                "description": data["description"],
-                "amount_cents": data["amount_cents"],
-                "quantity": data.get("quantity") or 1,
-            }
-        )
-        forms_used.append(form)
-    return lines, forms_used
-
-
-def _attach_service_error(exc: ApplicationError, forms_used: list[forms.Form]) -> None:
-    """Put a refusal next to the line it is about, when the service says which."""
+def _attach_service_error(exc: ApplicationError, forms_used: list[forms.Form]) -> bool:
+    """Put a refusal next to the line it is about, when the service says which (True then)."""
     index: int | None = None
     field = "description"
     match = _LINE_FIELD.fullmatch(str(exc.extra.get("field", "")))
@@ -851,15 +980,18 @@ def _attach_service_error(exc: ApplicationError, forms_used: list[forms.Form]) -
         index, field = int(match.group(1)), match.group(2)
     elif isinstance(exc.extra.get("line"), int):
         index, field = exc.extra["line"], str(exc.extra.get("field") or "description")
+    field = {"amount_cents": "amount"}.get(field, field)
     if index is not None and 0 <= index < len(forms_used) and field in forms_used[index].fields:
         forms_used[index].add_error(field, exc.message)
+        return True
+    return False
 
 
 admin.site.unregister(Office)
 
 
 @admin.register(Office)
-class BillingOfficeAdmin(OfficeAdmin):
+class BillingOfficeAdmin(OfficeActionsMixin, OfficeAdmin):
     """The office admin with the operator's billing actions (spec §1, §6, §7)."""
 
     actions = ("preview_billing", "run_billing_now", "create_one_off_invoice")
@@ -1047,32 +1179,39 @@ class BillingOfficeAdmin(OfficeAdmin):
         if len(offices) != 1:
             self.message_user(request, "Select exactly one office to create a one-off invoice for.", messages.ERROR)
             return None
-        office = offices[0]
+        return self.one_off_page(request, offices[0])
+
+    def one_off_page(self, request: HttpRequest, office: Office) -> HttpResponse:
+        """The one-off invoice form of an office: lines in major units of its currency, each
+        refusal next to the line it is about (spec §7)."""
+        currency = office_currency(office)
         service_error = ""
         if "apply" in request.POST:
-            formset = OneOffLineFormSet(request.POST, prefix="lines")
+            formset = OneOffLineFormSet(request.POST, prefix="lines", currency=currency)
             if formset.is_valid():
-                lines, forms_used = _one_off_lines(formset)
+                lines, forms_used = one_off_lines(formset)
                 try:
                     invoice = invoice_create_one_off(office=office, lines=lines, actor=request.user)
                 except ApplicationError as exc:
-                    service_error = exc.message
-                    _attach_service_error(exc, forms_used)
+                    if not _attach_service_error(exc, forms_used):
+                        service_error = exc.message
                 else:
                     self.message_user(
                         request,
                         f"One-off invoice {invoice.number} created for {office.name}: "
-                        f"{format_cents(invoice.total_cents, invoice.currency)} ({invoice.status}).",
+                        f"{format_cents(invoice.total_cents, invoice.currency)} ({invoice.get_status_display()}).",
                         messages.SUCCESS,
                     )
                     return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
         else:
-            formset = OneOffLineFormSet(prefix="lines")
+            formset = OneOffLineFormSet(prefix="lines", currency=currency)
         context = {
-            **self._action_context(request, queryset, f"One-off invoice for {office.name}"),
+            **self._action_context(request, Office.objects.filter(pk=office.pk), f"One-off invoice for {office.name}"),
             "office": office,
+            "currency": currency.upper(),
             "formset": formset,
             "service_error": service_error,
+            "cancel_url": reverse("admin:offices_office_change", args=[office.pk]),
         }
         return TemplateResponse(request, "admin/billing/one_off_invoice.html", context)
 

@@ -231,11 +231,19 @@ def subscription_change_plan(*, office: Office, plan_code: str, actor: Any = Non
     return office
 
 
-@transaction.atomic
-def subscription_cancel(*, office: Office, actor: Any = None, immediately: bool = False) -> Office:
+def subscription_cancel(*, office: Office, actor: Any = None, immediately: bool = False, reason: str = "") -> Office:
     """Cancel at period end (default), or now (operators): missed cycles are finalized
     first, then the current cycle is cut at the cancel instant with no minimum (spec §8).
-    During a trial the subscription ends at once and costs nothing (spec §4)."""
+    During a trial the subscription ends at once and costs nothing (spec §4). An operator's
+    reason is free text: it passes the PHI guard and is kept in the audit entry."""
+    with audited_refusals(office_id=office.pk, actor=actor, context="subscription_cancel"):
+        return _subscription_cancel(office=office, actor=actor, immediately=immediately, reason=reason.strip())
+
+
+@transaction.atomic
+def _subscription_cancel(*, office: Office, actor: Any, immediately: bool, reason: str) -> Office:
+    if reason:
+        phi_check(office=office, fields={"reason": reason})
     office = lock_office(office.pk)
     now = timezone.now()
     advance_all(office=office, as_of=now)
@@ -270,6 +278,7 @@ def subscription_cancel(*, office: Office, actor: Any = None, immediately: bool 
         actor=actor,
         target=office,
         office_id=office.pk,
+        reason=reason[:200],
         data={"mode": mode, "at": now.isoformat()},
     )
     return office
@@ -507,6 +516,45 @@ def _invoice_void(*, invoice: Invoice, actor: Any, reason: str) -> Invoice:
         reason=reason[:200],
         data={"number": invoice.number, "total_cents": invoice.total_cents},
     )
+    return invoice
+
+
+def invoice_mark_uncollectible(*, invoice: Invoice, actor: Any = None, reason: str) -> Invoice:
+    """Write off an open invoice (spec §12): `uncollectible` with the operator's reason
+    (required, PHI-guarded), carried to Stripe after commit like a void, and no longer past
+    due for dunning, so the office it held past due or suspended is refreshed at once."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ApplicationError("Say why the invoice is written off.", {"field": "reason"})
+    with audited_refusals(office_id=invoice.office_id, actor=actor, context="invoice_mark_uncollectible"):
+        return _invoice_mark_uncollectible(invoice=invoice, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def _invoice_mark_uncollectible(*, invoice: Invoice, actor: Any, reason: str) -> Invoice:
+    from billing.dunning import office_payment_state_refresh
+
+    office = lock_office(invoice.office_id)
+    phi_check(office=office, fields={"reason": reason})
+    invoice = Invoice.objects.get(pk=invoice.pk)
+    if invoice.status != InvoiceStatus.OPEN:
+        raise ConflictError(f"Invoice {invoice} is {invoice.status}: only an open invoice can be written off.")
+    now = timezone.now()
+    invoice.status = InvoiceStatus.UNCOLLECTIBLE
+    invoice.marked_uncollectible_at = now
+    if invoice.push_state == PushState.PUSHED:
+        invoice.push_state = PushState.PENDING  # until Stripe has it too (the hourly catch-up carries it)
+    invoice.save(update_fields=["status", "marked_uncollectible_at", "push_state", "updated_at"])
+    request_void_sync(invoice.pk)  # the status sync: Stripe stops collecting it (after commit)
+    audit_record(
+        action="invoice.marked_uncollectible",
+        actor=actor,
+        target=invoice,
+        office_id=invoice.office_id,
+        reason=reason[:200],
+        data={"number": invoice.number, "total_cents": invoice.total_cents, "currency": invoice.currency},
+    )
+    office_payment_state_refresh(office=office, now=now)
     return invoice
 
 

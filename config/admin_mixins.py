@@ -31,6 +31,7 @@ class ConsoleFormMixin:
 
         swaps: list[tuple[type, type]] = [
             (forms.Textarea, widgets.UnfoldAdminTextareaWidget),
+            (forms.RadioSelect, widgets.UnfoldAdminRadioSelectWidget),
             (forms.Select, widgets.UnfoldAdminSelectWidget),
             (forms.DateInput, widgets.UnfoldAdminSingleDateWidget),
             (forms.NumberInput, widgets.UnfoldAdminDecimalFieldWidget),

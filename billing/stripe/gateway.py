@@ -396,6 +396,16 @@ class Gateway:
             key,
         )
 
+    def invoice_mark_uncollectible(self, *, stripe_invoice_id: str, key: str) -> Any:
+        """An operator's write-off (spec §12): Stripe stops collecting the invoice."""
+        return self._call(
+            lambda params, options: self._client.v1.invoices.mark_uncollectible(
+                stripe_invoice_id, params=params, options=options
+            ),
+            {},
+            key,
+        )
+
     def invoice_delete_draft(self, *, stripe_invoice_id: str) -> Any:
         """A draft cannot be voided in Stripe; it is deleted (it was never sent or charged)."""
         return self._call(

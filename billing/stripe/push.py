@@ -223,6 +223,10 @@ def _claimed_push(*, invoice_id: int, gateway: Gateway | None) -> Invoice:
         # or the push was asked first): settle it now, under the claim this push holds.
         _claimed_void_sync(invoice_id=invoice.pk, gateway=gateway)
         return Invoice.objects.get(pk=invoice.pk)
+    if invoice.status == InvoiceStatus.UNCOLLECTIBLE:
+        # Written off here before Stripe heard of the write-off: carry it (a lost task).
+        _claimed_write_off_sync(invoice=invoice, gateway=gateway)
+        return Invoice.objects.get(pk=invoice.pk)
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError(f"invoice {invoice_id} is a draft; only finalized invoices are pushed")
     office = invoice.office
@@ -372,6 +376,9 @@ def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> Non
 
 def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
     invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
+    if invoice.status == InvoiceStatus.UNCOLLECTIBLE:
+        _claimed_write_off_sync(invoice=invoice, gateway=gateway)
+        return
     if invoice.status != InvoiceStatus.VOID:
         return
     gw = gateway or Gateway()
@@ -405,3 +412,42 @@ def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
         return
     Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
     audit_record(action="invoice.voided_in_stripe", target=invoice, office_id=office.pk, data={"stripe_id": stripe_id})
+
+
+def _claimed_write_off_sync(*, invoice: Invoice, gateway: Gateway | None) -> None:
+    """Carry an operator's write-off to Stripe (spec §12), under the invoice's claim: an
+    open Stripe invoice is marked uncollectible; one Stripe never had needs nothing; one
+    Stripe already settled otherwise is a mismatch for an operator, reported once."""
+    office = invoice.office
+    gw = gateway or Gateway()
+    stripe_id = invoice.stripe_invoice_id
+    if stripe_id is None and invoice.push_attempts and office.payment_provider_customer_id:
+        stripe_id = _find_existing(gw, office.payment_provider_customer_id, invoice)
+    if stripe_id is None:  # never reached Stripe: nothing there to collect
+        Invoice.objects.filter(pk=invoice.pk, push_state__in=[PushState.PENDING, PushState.FAILED]).update(
+            push_state=PushState.NOT_REQUIRED
+        )
+        return
+    remote = gw.invoice_retrieve(stripe_invoice_id=stripe_id)
+    status = remote["status"]
+    if status == "draft":
+        gw.invoice_delete_draft(stripe_invoice_id=stripe_id)  # never sent: nothing to collect
+    elif status == "open":
+        gw.invoice_mark_uncollectible(stripe_invoice_id=stripe_id, key=f"invoice:{invoice.pk}:uncollectible")
+    elif status != "uncollectible":
+        audit_record(
+            action="reconciliation.mismatch",
+            target=invoice,
+            office_id=office.pk,
+            outcome=Outcome.FAILURE,
+            reason="status",
+            data={"local": "uncollectible", "stripe": status, "stripe_id": stripe_id},
+        )
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_id, push_state=PushState.PUSHED)
+    if status in ("open", "uncollectible"):
+        audit_record(
+            action="invoice.marked_uncollectible_in_stripe",
+            target=invoice,
+            office_id=office.pk,
+            data={"stripe_id": stripe_id},
+        )

@@ -43,7 +43,14 @@ def console(client: Client) -> Client:
 def push_action(console: Client, invoices: list[Invoice]) -> tuple[str, str]:
     """Run the action on the selected invoices; the request's id and the messages shown."""
     data = {"action": "push_to_stripe", "index": "0", "_selected_action": [str(inv.pk) for inv in invoices]}
+    attempts = list(Invoice.objects.filter(pk__in=[inv.pk for inv in invoices]).values_list("pk", "push_attempts"))
     response = console.post(reverse(CHANGELIST), data)
+    if response.status_code == 200:  # first a confirmation page listing what waits; nothing sent yet
+        assert "Push" in response.content.decode() and 'name="apply"' in response.content.decode()
+        assert attempts == list(
+            Invoice.objects.filter(pk__in=[inv.pk for inv in invoices]).values_list("pk", "push_attempts")
+        )
+        response = console.post(reverse(CHANGELIST), {**data, "apply": "1"})
     assert response.status_code == 302, response.content.decode()[:2000]  # back to the changelist
     page = console.get(response["Location"])
     assert page.status_code == 200
