@@ -806,36 +806,92 @@ class BillingRunChunkInline(ReadOnlyAdminMixin, TabularInline):
     can_delete = False
 
 
-RUN_FIGURES = (
-    "offices_due",
-    "offices_done",
-    "invoices_finalized",
-    "invoices_opened",
-    "lines_created",
-    "amount_finalized_cents",
-    "error_count",
-)
+RUN_FIGURES = ("offices_due", "offices_done", "invoices_finalized", "invoices_opened", "lines_created", "error_count")
+
+
+def run_amount(run: BillingRun) -> str:
+    """A run's finalized amount in money. The run keeps one sum; it is shown in the currency
+    only where every plan bills in one currency, never converted or mixed silently."""
+    currencies = sorted(set(Plan.objects.values_list("currency", flat=True)))
+    if len(currencies) <= 1:
+        return format_cents(
+            run.amount_finalized_cents, currencies[0] if currencies else settings.BILLING_DEFAULT_CURRENCY
+        )
+    return "several currencies: see the invoices of the run's offices"
 
 
 @admin.register(BillingRun)
 class BillingRunAdmin(ReadOnlyAdminMixin, ModelAdmin):
-    list_display = ("id", "as_of", "trigger", "status", "started_at", "finished_at", *RUN_FIGURES)
+    """What each billing run was asked to do and what it did, in people's terms (spec §6)."""
+
+    list_display = (
+        "id",
+        "as_of_local",
+        "trigger",
+        "status",
+        "offices_due",
+        "offices_done",
+        "invoices_finalized",
+        "amount",
+        "error_count",
+        "duration",
+    )
+    list_display_links = ("id", "as_of_local")
     list_filter = ("status", "trigger")
     search_fields = ("trigger",)
     date_hierarchy = "as_of"
-    fields = (
-        "as_of",
+    fieldsets = (
+        (None, {"fields": ("as_of_local", "trigger", "offices", "status", "started", "finished", "duration")}),
+        ("Figures", {"fields": ("offices_due", "offices_done", "invoices_finalized", "invoices_opened",
+                                "lines_created", "amount", "error_count", "chunks")}),
+    )  # fmt: skip
+    readonly_fields = (
+        "as_of_local",
         "trigger",
-        "office_filter",
+        "offices",
         "status",
-        "started_at",
-        "finished_at",
-        "chunks_total",
-        "chunks_done",
+        "started",
+        "finished",
+        "duration",
         *RUN_FIGURES,
+        "amount",
+        "chunks",
     )
-    readonly_fields = fields
-    inlines = (BillingRunChunkInline, BillingRunErrorInline)
+    inlines = (BillingRunErrorInline, BillingRunChunkInline)
+
+    @admin.display(description="As of", ordering="as_of")
+    def as_of_local(self, obj: BillingRun) -> str:
+        return _when(obj.as_of)
+
+    @admin.display(description="Started")
+    def started(self, obj: BillingRun) -> str:
+        return _when(obj.started_at)
+
+    @admin.display(description="Finished")
+    def finished(self, obj: BillingRun) -> str:
+        return _when(obj.finished_at) if obj.finished_at else "still running"
+
+    @admin.display(description="Took")
+    def duration(self, obj: BillingRun) -> str:
+        if obj.finished_at is None:
+            return "—"
+        seconds = max(0.0, (obj.finished_at - obj.started_at).total_seconds())
+        return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+    @admin.display(description="Amount finalized")
+    def amount(self, obj: BillingRun) -> str:
+        return run_amount(obj)
+
+    @admin.display(description="Offices asked for")
+    def offices(self, obj: BillingRun) -> str:
+        if not obj.office_filter:
+            return "every office that was due"
+        names = dict(Office.objects.filter(pk__in=obj.office_filter).values_list("pk", "name"))
+        return ", ".join(names.get(pk, f"office #{pk} (gone)") for pk in obj.office_filter)
+
+    @admin.display(description="Work units done")
+    def chunks(self, obj: BillingRun) -> str:
+        return f"{obj.chunks_done} of {obj.chunks_total}"
 
 
 @admin.register(BillingRunError)

@@ -658,3 +658,17 @@ def test_the_office_page_is_the_hub_of_its_money_invoices_and_history(world, ope
     assert "not created yet" in html  # no Stripe customer in this world
     assert "subscription: created" in html or "invoice: finalized" in html
     assert "viewed by" not in html
+
+
+def test_it_shows_a_billing_run_in_peoples_terms(world, operator_client):
+    from billing.engine.run import billing_run
+
+    with time_machine.travel(NOW, tick=False):
+        run = billing_run(office_ids=[world.office.pk], trigger="admin")
+    html = page(operator_client, admin_url(BillingRun, "change", run.pk))
+    assert "Lakeside Clinic" in html and "office_filter" not in html
+    assert "Amount finalized" in html and "$150.00 USD" in html  # the second cycle, at the minimum
+    assert "amount_finalized_cents" not in html and "cents" not in html.lower()
+    assert "Work units done" in html and "1 of 1" in html
+    listing = page(operator_client, admin_url(BillingRun, "changelist"))
+    assert "$150.00 USD" in listing
