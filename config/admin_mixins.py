@@ -40,5 +40,8 @@ class ConsoleFormMixin:
         for field in self.fields.values():  # type: ignore[attr-defined]
             for plain, themed in swaps:
                 if type(field.widget) is plain:
+                    choices = getattr(field.widget, "choices", None)
                     field.widget = themed(attrs=field.widget.attrs)  # type: ignore[attr-defined]
+                    if choices is not None:  # a select or radio keeps its options
+                        field.widget.choices = choices  # type: ignore[attr-defined]
                     break

@@ -211,3 +211,14 @@ def test_it_keeps_the_buttons_from_an_operator_without_the_permission(plans):
     assert office_url(office, "subscribe") not in html and office_url(office, "one-off") not in html
     assert client.post(office_url(office, "subscribe"), {"apply": "1"}).status_code == 403
     assert Office.objects.get(pk=office.pk).subscription_status == SubscriptionStatus.NONE
+
+
+def test_it_offers_every_choice_on_the_action_pages(operator, plans):
+    office = OfficeFactory()
+    with at(NOW):
+        subscription_create(office=office, plan_code="professional")
+    cancel = operator.get(office_url(office, "cancel")).content.decode()
+    assert 'value="period_end"' in cancel and 'value="now"' in cancel
+    setup_fee = Invoice.objects.get(office=office, kind=InvoiceKind.ONE_OFF)
+    record = operator.get(reverse("admin:billing_invoice_changelist") + f"{setup_fee.pk}/record-payment/")
+    assert 'value="cheque"' in record.content.decode() and 'value="wire"' in record.content.decode()
