@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
@@ -92,8 +93,12 @@ def verify_view(request: HttpRequest) -> HttpResponse:
                 left = mfa_recovery_codes_left(user=user)
                 messages.warning(
                     request,
-                    f"You signed in with a recovery code; {left} left. Each works once: make new ones "
-                    "from “Recovery codes” if you are running low.",
+                    format_html(
+                        'You signed in with a recovery code; {} left. Each works once: <a href="{}" '
+                        'class="underline">make new ones</a> if you are running low.',
+                        left,
+                        reverse("console-mfa-recovery-codes"),
+                    ),
                 )
             return HttpResponseRedirect(_next_url(request))
         form.add_error("code", _refusal(result))
