@@ -8,16 +8,6 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 
-def mfa_totp_device(*, user: Any) -> TOTPDevice | None:
-    """The user's confirmed authenticator (TOTP) device, if they have enrolled one."""
-    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
-
-
-def mfa_pending_totp_device(*, user: Any) -> TOTPDevice | None:
-    """The device of an enrolment begun but not yet confirmed with a code."""
-    return TOTPDevice.objects.filter(user=user, confirmed=False).order_by("pk").first()
-
-
 def mfa_recovery_device(*, user: Any) -> StaticDevice | None:
     """The user's recovery-code device (django-otp's static device), if any."""
     return StaticDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
