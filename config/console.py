@@ -147,6 +147,12 @@ def arrange_third_party_pages() -> None:
         admin.site.unregister(LogEntry)
     admin.site.register(LogEntry, ThemedLogEntryAdmin)
 
+    # Operator MFA (config/mfa/): django-otp's device pages would show and edit the
+    # authenticator secrets; MFA is managed by the enrolment pages and the users' reset action.
+    for model in list(admin.site._registry):
+        if model._meta.app_label in ("otp_totp", "otp_static"):
+            admin.site.unregister(model)
+
     for label in ("django_celery_beat", "knox"):
         for model in apps.get_app_config(label).get_models():
             if admin.site.is_registered(model):

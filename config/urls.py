@@ -18,6 +18,7 @@ from billing.api import (
 from billing.stripe.webhooks import stripe_webhook
 from config.api_index import api_index
 from config.auth_api import LogoutView, TokenView
+from config.mfa.views import enrol_view, recovery_codes_view, verify_view
 from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
 from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView
 
@@ -48,6 +49,10 @@ api_v1 = [
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),  # the console (office admins use the API)
     path("favicon.ico", RedirectView.as_view(url="/static/console/favicon.svg", permanent=True)),
+    # Operator MFA (config/mfa/): before admin.site.urls, whose catch-all would take them.
+    path("admin/mfa/enrol/", enrol_view, name="console-mfa-enrol"),
+    path("admin/mfa/verify/", verify_view, name="console-mfa-verify"),
+    path("admin/mfa/recovery-codes/", recovery_codes_view, name="console-mfa-recovery-codes"),
     path("admin/", admin.site.urls),
     path("stripe/webhook/", stripe_webhook),
     # Authentication (config/auth_api.py): outside api_v1, whose resources the authz matrix covers.

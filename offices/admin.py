@@ -27,6 +27,7 @@ from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationFo
 
 from audit.services import audit_record
 from config.errors import ApplicationError
+from config.mfa.admin import MfaResetAdminMixin
 from offices.models import COMPLIANCE_AUDITOR_GROUP, Company, Office, Role
 from offices.services import office_create, office_member_grant, office_member_revoke, office_update
 
@@ -296,7 +297,7 @@ class OfficeAdmin(ServiceAdminMixin, ModelAdmin):
 OPERATOR_FLAGS = ("is_staff", "is_superuser", "is_active")
 
 
-class AuditedUserAdmin(DjangoUserAdmin, ModelAdmin):
+class AuditedUserAdmin(MfaResetAdminMixin, DjangoUserAdmin, ModelAdmin):
     """Django's user admin (in the console's theme), with every change of operator status (`is_staff`,
     `is_superuser`, `is_active`), group membership (the compliance-auditor group among
     them) and direct permissions audited with the operator who made it (spec §9)."""
@@ -304,6 +305,9 @@ class AuditedUserAdmin(DjangoUserAdmin, ModelAdmin):
     form = UserChangeForm
     add_form = UserCreationForm
     change_password_form = AdminPasswordChangeForm
+    # Operator MFA (config/mfa/admin.py): who has enrolled, and a superuser's reset.
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "mfa_enrolled")
+    actions = ["mfa_reset"]
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         before = User.objects.filter(pk=obj.pk).values(*OPERATOR_FLAGS).first() if change and obj.pk else None

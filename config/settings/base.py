@@ -32,6 +32,9 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "guardian",
     "django_celery_beat",
+    "django_otp",  # operator MFA (config/mfa/): TOTP devices and recovery codes
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "audit",
     "offices",
     "patients",
@@ -45,6 +48,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified() (operator MFA)
+    "config.mfa.middleware.OperatorMfaMiddleware",  # /admin/ needs a verified staff user
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audit.middleware.AuditContextMiddleware",
@@ -284,3 +289,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Operator MFA (config/mfa/, django-otp) ---------------------------------------------
+# Staff need a second factor (TOTP, or a single-use recovery code) for every console page.
+# On by default (local, production); production refuses to start with it off; the test
+# settings turn it off for the tests that log operators in with force_login.
+OPERATOR_MFA_REQUIRED = env.bool("OPERATOR_MFA_REQUIRED", default=True)
+OTP_TOTP_ISSUER = env.str("OPERATOR_MFA_ISSUER", default="Billing console")  # the name in the app
+# Wrong codes: each failure doubles the wait before the next try (factor x 1, 2, 4, 8 ... s).
+# 0 would turn throttling off: production refuses that.
+OTP_TOTP_THROTTLE_FACTOR = env.int("OPERATOR_MFA_THROTTLE_FACTOR", default=1)
+OTP_STATIC_THROTTLE_FACTOR = OTP_TOTP_THROTTLE_FACTOR
+OPERATOR_MFA_RECOVERY_CODES = 10

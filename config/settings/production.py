@@ -5,7 +5,8 @@ or Stripe is half-configured (config/tests/test_production_settings.py).
 Required: DJANGO_SECRET_KEY (50+ random characters), DJANGO_ALLOWED_HOSTS, STRIPE_SECRET_KEY,
 STRIPE_WEBHOOK_SECRET (`whsec_…`), STRIPE_PUSH_ENABLED=true (or, to run with pushes off on
 purpose, STRIPE_DISABLED_I_KNOW=true instead), STRIPE_API_BASE empty (Stripe's own) or https://.
-Refused: STRIPE_ALLOW_IN_TRANSACTION (a test-only escape hatch).
+Refused: STRIPE_ALLOW_IN_TRANSACTION (a test-only escape hatch), OPERATOR_MFA_REQUIRED=false,
+OPERATOR_MFA_THROTTLE_FACTOR=0 (operator MFA, config/mfa/).
 Behind a TLS-terminating proxy that overwrites X-Forwarded-Proto: DJANGO_BEHIND_TLS_PROXY=true,
 and TRUSTED_PROXY_COUNT=<number of our proxies> for the client IP (audit/middleware.py)."""
 
@@ -15,7 +16,14 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import STRIPE_API_BASE, STRIPE_PUSH_ENABLED, STRIPE_WEBHOOK_SECRET, env
+from config.settings.base import (
+    OPERATOR_MFA_REQUIRED,
+    OTP_TOTP_THROTTLE_FACTOR,
+    STRIPE_API_BASE,
+    STRIPE_PUSH_ENABLED,
+    STRIPE_WEBHOOK_SECRET,
+    env,
+)
 
 
 def _required(name: str) -> str:
@@ -85,6 +93,17 @@ if env.bool("STRIPE_ALLOW_IN_TRANSACTION", default=False) or globals().get("STRI
     raise ImproperlyConfigured(
         "STRIPE_ALLOW_IN_TRANSACTION is a test-only escape hatch: unset it in production "
         "(Stripe is never called inside a database transaction)."
+    )
+
+# Operator MFA (HIPAA 164.312(d), config/mfa/): the console never runs on a password alone,
+# and wrong codes are always throttled.
+if not OPERATOR_MFA_REQUIRED:
+    raise ImproperlyConfigured(
+        "OPERATOR_MFA_REQUIRED must be true in production: every operator needs a second factor for the console."
+    )
+if OTP_TOTP_THROTTLE_FACTOR <= 0:
+    raise ImproperlyConfigured(
+        "OPERATOR_MFA_THROTTLE_FACTOR must be 1 or more in production: 0 turns off the throttling of wrong codes."
     )
 
 # Transmission security (HIPAA 164.312(e)): HTTPS only, HSTS for a year with subdomains.

@@ -53,6 +53,10 @@ REFUSED = [
     # 4. The test-only escape hatch (Stripe calls inside a database transaction).
     pytest.param({"STRIPE_ALLOW_IN_TRANSACTION": "true"}, "STRIPE_ALLOW_IN_TRANSACTION", id="escape hatch on"),
     pytest.param({"STRIPE_ALLOW_IN_TRANSACTION": "1"}, "STRIPE_ALLOW_IN_TRANSACTION", id="escape hatch 1"),
+    # 5. Operator MFA off (the console on a password alone) or its throttling off (config/mfa/).
+    pytest.param({"OPERATOR_MFA_REQUIRED": "false"}, "OPERATOR_MFA_REQUIRED", id="operator mfa off"),
+    pytest.param({"OPERATOR_MFA_REQUIRED": "0"}, "OPERATOR_MFA_REQUIRED", id="operator mfa 0"),
+    pytest.param({"OPERATOR_MFA_THROTTLE_FACTOR": "0"}, "OPERATOR_MFA_THROTTLE_FACTOR", id="mfa throttling off"),
 ]
 
 
@@ -75,6 +79,7 @@ def test_it_refuses_to_start_in_production_half_configured(overrides: dict[str, 
 )
 def test_it_starts_in_production_fully_configured(overrides: dict[str, str | None]) -> None:
     s = production_settings(**overrides)
+    assert s["OPERATOR_MFA_REQUIRED"] is True and s["OTP_TOTP_THROTTLE_FACTOR"] >= 1  # on unless said otherwise
     assert s["STRIPE_PUSH_ENABLED"] is True
     assert s["STRIPE_WEBHOOK_SECRET"].startswith("whsec_")
     assert not s.get("STRIPE_ALLOW_IN_TRANSACTION")
