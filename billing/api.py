@@ -259,6 +259,23 @@ class InvoicePdfView(NoStoreMixin, APIView):
         return response
 
 
+class WriteOffSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=500)
+
+
+class InvoiceMarkUncollectibleView(NoStoreMixin, APIView):
+    @extend_schema(request=WriteOffSerializer, responses=InvoiceDetailSerializer)
+    def post(self, request: Request, invoice_id: int) -> Response:
+        """Write off an open invoice with a reason (operators only, spec §12); Stripe follows."""
+        invoice, access = _invoice_access(request, invoice_id)
+        require(access, access.operator, "write off invoices")
+        data = WriteOffSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.invoice_mark_uncollectible(invoice=invoice, actor=request.user, reason=data.validated_data["reason"])
+        invoice = Invoice.objects.prefetch_related("lines").get(pk=invoice.pk)
+        return Response(InvoiceDetailSerializer(invoice).data)
+
+
 class PaymentStatusSerializer(serializers.Serializer[Any]):
     subscription_status = serializers.CharField()
     outstanding_cents = serializers.IntegerField()

@@ -7,6 +7,7 @@ from audit.api import AuditEventsView
 from audit.export_api import AuditEventsExportView
 from billing.api import (
     InvoiceDetailView,
+    InvoiceMarkUncollectibleView,
     InvoicePdfView,
     OfficeInvoicesView,
     OneOffInvoicesView,
@@ -42,6 +43,7 @@ api_v1 = [
     path("patients/<int:patient_id>/deactivate/", PatientDeactivateView.as_view()),
     path("invoices/<int:invoice_id>/", InvoiceDetailView.as_view()),
     path("invoices/<int:invoice_id>/pdf/", InvoicePdfView.as_view()),
+    path("invoices/<int:invoice_id>/mark-uncollectible/", InvoiceMarkUncollectibleView.as_view()),
     path("audit-events/", AuditEventsView.as_view()),
     path("audit-events/export/", AuditEventsExportView.as_view()),
 ]

@@ -218,6 +218,9 @@ MATRIX: list[Row] = [
     Row("get", "invoices/{inv}/",                          (ANON, 403, 200, 404, 404, 200), given=(subscribed,)),
     Row("get", "invoices/{inv}/pdf/",                      (ANON, 403, 200, 404, 404, 200), given=(subscribed,)),
     Row("get", "offices/{A}/payment-status/",              (ANON, 403, 200, 404, 403, 200), given=(subscribed,)),
+    # A write-off is the operators' (spec §12): the office's own billing admin may not.
+    Row("post", "invoices/{inv}/mark-uncollectible/",      (ANON, 403, 403, 404, 404, 200), given=(subscribed,),
+        body=lambda c: {"reason": "Written off in the matrix"}),
     Row("post", "offices/{A}/one-off-invoices/",           (ANON, 403, 403, 404, 403, 201), given=(subscribed,),
         body=lambda c: ONE_OFF),
     # A billing admin reads their own offices' events: B's admin gets 200 with B's events

@@ -159,3 +159,21 @@ def test_it_offers_write_off_on_an_open_invoice_page_and_asks_why(gateway: Gatew
     assert Invoice.objects.get(pk=setup_fee.pk).status == InvoiceStatus.UNCOLLECTIBLE
     [entry] = audits("invoice.marked_uncollectible", target_id=str(setup_fee.pk))
     assert entry.actor_label == "root" and entry.reason == "Fee waived by sales"
+
+
+def test_it_writes_off_through_the_api_for_operators_only(gateway: Gateway) -> None:
+    office = billed_office(patients=2)
+    setup_fee = Invoice.objects.get(office=office, is_setup_fee=True)
+    draft = Invoice.objects.get(office=office, status=InvoiceStatus.DRAFT)
+    api = Client()
+    api.force_login(get_user_model().objects.create_superuser(username="root", password="x"))
+    url = f"/api/v1/invoices/{setup_fee.pk}/mark-uncollectible/"
+    missing = api.post(url, {}, content_type="application/json")
+    assert missing.status_code == 400 and "reason" in missing.json()["extra"]["fields"]
+    conflict = api.post(
+        f"/api/v1/invoices/{draft.pk}/mark-uncollectible/", {"reason": "x"}, content_type="application/json"
+    )
+    assert conflict.status_code == 409 and "only an open invoice" in conflict.json()["message"]
+    done = api.post(url, {"reason": "Waived by sales"}, content_type="application/json")
+    assert done.status_code == 200 and done.json()["status"] == "uncollectible"
+    assert audits("invoice.marked_uncollectible", target_id=str(setup_fee.pk))[0].reason == "Waived by sales"
