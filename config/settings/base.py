@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "offices",
     "patients",
     "billing",
+    "compliance",
 ]
 
 MIDDLEWARE = [
@@ -283,4 +284,15 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+# --- compliance: access reviews, evidence export, retention (issue 12, items 3, 4, 9) ---
+# An information-system activity review (45 CFR 164.308(a)(1)(ii)(D)) is due this many
+# days after the last one; the console's overview flags it as overdue after that.
+ACCESS_REVIEW_INTERVAL_DAYS = env.int("ACCESS_REVIEW_INTERVAL_DAYS", default=31)
+# Daily: report what is past the six-year retention (164.316(b)(2)), delete only expired
+# sessions and API tokens (compliance/services.py:retention_sweep).
+CELERY_BEAT_SCHEDULE["compliance-retention-daily"] = {
+    "task": "compliance.tasks.retention_sweep_task",
+    "schedule": 86400.0,
 }
