@@ -39,7 +39,7 @@ def _utc_midnight(day: Any) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-class AccessReviewForm(forms.ModelForm):  # type: ignore[type-arg]
+class AccessReviewForm(forms.ModelForm):
     """The period as UTC dates, first and last day included: [from 00:00, through+1 00:00)."""
 
     period_from = forms.DateField(label="Period from (UTC date)", widget=UnfoldAdminSingleDateWidget)
@@ -153,7 +153,8 @@ class AccessReviewAdmin(ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is not None:
-            return super().get_form(request, obj, change=change, fields=[], **kwargs)
+            kwargs.update(form=forms.ModelForm, fields=[])  # the change page only shows the review
+            return super().get_form(request, obj, change=change, **kwargs)
         form = super().get_form(request, obj, change=change, **kwargs)
         return type("AccessReviewFormFor", (form,), {"actor": request.user})
 
@@ -169,7 +170,9 @@ class AccessReviewAdmin(ModelAdmin):
             follow_ups=data.get("follow_ups") or "",
             corrects=data.get("corrects"),
         )
-        obj.pk, obj._state.adding = review.pk, False
+        for model_field in AccessReview._meta.concrete_fields:  # the admin logs and redirects with obj
+            setattr(obj, model_field.attname, getattr(review, model_field.attname))
+        obj._state.adding = False
 
     # --- displays ---------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ def access_review_overview(zone: str) -> dict[str, Any]:
         "interval_days": status.interval_days,
         "last_at": local_minute(last.reviewed_at, zone) if last else "",
         "last_by": last.reviewer_label if last else "",
-        "last_period": f"{local_minute(last.period_start, zone)} – {local_minute(last.period_end, zone)}" if last else "",
+        "last_period": f"{local_minute(last.period_start, zone)} – {local_minute(last.period_end, zone)}"
+        if last
+        else "",
         "due_at": local_minute(status.due_at, zone) if status.due_at else "",
         "add_url": reverse("admin:compliance_accessreview_add"),
         "list_url": reverse("admin:compliance_accessreview_changelist"),

@@ -223,9 +223,7 @@ def chain_summary(month: Month, *, boundary: int) -> dict[str, Any]:
         "month_unsealed": in_month.filter(seq__isnull=True).count(),
         "month_first_sealed": entry(sealed["first"]),
         "month_last_sealed": entry(sealed["last"]),
-        "anchors": [
-            {"seq": a.seq, "entry_hash": a.entry_hash, "anchored_at": _iso(a.anchored_at)} for a in anchors
-        ],
+        "anchors": [{"seq": a.seq, "entry_hash": a.entry_hash, "anchored_at": _iso(a.anchored_at)} for a in anchors],
     }
 
 
@@ -337,7 +335,7 @@ def evidence_archive(month: Month, *, generated_at: datetime, boundary: int) -> 
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, body in files.items():
-            info = zipfile.ZipInfo(f"{folder}/{name}", date_time=stamp)  # type: ignore[arg-type]
+            info = zipfile.ZipInfo(f"{folder}/{name}", date_time=stamp)
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, body)
     return out.getvalue()

@@ -71,9 +71,9 @@ def _validate_period(period_start: datetime, period_end: datetime, now: datetime
     if period_end <= period_start:
         raise ApplicationError("The period must end after it starts.", {"field": "period_end"})
     if period_end > now:
-        raise ApplicationError("The period may not end in the future: only what happened can be reviewed.", {
-            "field": "period_end"
-        })
+        raise ApplicationError(
+            "The period may not end in the future: only what happened can be reviewed.", {"field": "period_end"}
+        )
 
 
 def access_review_record(
@@ -94,9 +94,9 @@ def access_review_record(
     _validate_period(period_start, period_end, now)
     findings, follow_ups = (findings or "").strip(), (follow_ups or "").strip()
     if not findings:
-        raise ApplicationError("Findings are required (write 'No findings.' if there were none).", {
-            "field": "findings"
-        })
+        raise ApplicationError(
+            "Findings are required (write 'No findings.' if there were none).", {"field": "findings"}
+        )
     for name, text in (("findings", findings), ("follow_ups", follow_ups)):
         if len(text) > FINDINGS_MAX:
             raise ApplicationError(f"'{name}' is longer than {FINDINGS_MAX} characters.", {"field": name})
@@ -268,15 +268,16 @@ class OffboardResult:
     export_csv: bytes | None  # PHI: for the office only, never stored or logged here
 
 
+def _iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat() if value is not None else ""
+
+
 def _phi_csv(patients: list[Patient]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([*PHI_EXPORT_FIELDS, "activations"])
     for p in patients:
-        spans = [
-            f"{i.activated_at.astimezone(UTC).isoformat()}/{i.deactivated_at.astimezone(UTC).isoformat() if i.deactivated_at else ''}"
-            for i in p.intervals.all()
-        ]
+        spans = [f"{_iso(i.activated_at)}/{_iso(i.deactivated_at)}" for i in p.intervals.all()]
         writer.writerow([csv_cell(getattr(p, name)) for name in PHI_EXPORT_FIELDS] + [csv_cell(";".join(spans))])
     return buffer.getvalue().encode()
 

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,25 +14,50 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AccessReview',
+            name="AccessReview",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reviewer_label', models.CharField(max_length=150)),
-                ('reviewed_at', models.DateTimeField(db_index=True)),
-                ('period_start', models.DateTimeField()),
-                ('period_end', models.DateTimeField()),
-                ('findings', models.TextField()),
-                ('follow_ups', models.TextField(blank=True, default='')),
-                ('export_rows', models.PositiveIntegerField()),
-                ('export_last_event_id', models.BigIntegerField(default=0, help_text='The highest audit entry id existing when the export was made.')),
-                ('export_sha256', models.CharField(max_length=64)),
-                ('export_csv_gz', models.BinaryField()),
-                ('corrects', models.ForeignKey(blank=True, help_text='The earlier review this one corrects, if any.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='corrections', to='compliance.accessreview')),
-                ('reviewer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("reviewer_label", models.CharField(max_length=150)),
+                ("reviewed_at", models.DateTimeField(db_index=True)),
+                ("period_start", models.DateTimeField()),
+                ("period_end", models.DateTimeField()),
+                ("findings", models.TextField()),
+                ("follow_ups", models.TextField(blank=True, default="")),
+                ("export_rows", models.PositiveIntegerField()),
+                (
+                    "export_last_event_id",
+                    models.BigIntegerField(
+                        default=0, help_text="The highest audit entry id existing when the export was made."
+                    ),
+                ),
+                ("export_sha256", models.CharField(max_length=64)),
+                ("export_csv_gz", models.BinaryField()),
+                (
+                    "corrects",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="The earlier review this one corrects, if any.",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="corrections",
+                        to="compliance.accessreview",
+                    ),
+                ),
+                (
+                    "reviewer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-reviewed_at', '-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('period_end__gt', models.F('period_start'))), name='access_review_period_order')],
+                "ordering": ["-reviewed_at", "-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("period_end__gt", models.F("period_start"))),
+                        name="access_review_period_order",
+                    )
+                ],
             },
         ),
     ]
