@@ -7,6 +7,7 @@ import csv
 import gzip
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -287,12 +288,21 @@ def is_erased(patient: Patient) -> bool:
 
 
 @transaction.atomic
-def office_offboard_phi(*, office: Office, actor: Any = None, export: bool = False) -> OffboardResult:
+def office_offboard_phi(
+    *,
+    office: Office,
+    actor: Any = None,
+    export: bool = False,
+    export_sink: Callable[[bytes], None] | None = None,
+) -> OffboardResult:
     """Erase the identifying and clinical fields of a departed office's patients (names, birth
     date, MRN, email, phone → a tombstone), optionally exporting them first as a CSV for the
     office; billing references, activation history, invoices and lines are kept (45 CFR
     164.316(b)(2) keeps the billing record; 164.502(b) minimum necessary drops the rest).
-    Refused while the office still has a subscription. Audited, without PHI."""
+    Refused while the office still has a subscription. Audited, without PHI.
+
+    `export_sink`, when given, receives the CSV before anything is erased; if it raises
+    (a file that cannot be written), the erasure is rolled back."""
     locked = Office.objects.select_for_update().get(pk=office.pk)
     if locked.subscription_status in SUBSCRIBED:
         raise ConflictError(
@@ -307,6 +317,8 @@ def office_offboard_phi(*, office: Office, actor: Any = None, export: bool = Fal
     if export:
         rows = list(pending.prefetch_related("intervals"))
         export_csv = _phi_csv(rows)
+        if export_sink is not None:
+            export_sink(export_csv)
         audit_record(
             action="patient_phi.exported",
             actor=actor,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 from django.core.serializers.json import DjangoJSONEncoder
 
 from audit.models import AuditEvent
@@ -129,3 +130,24 @@ def test_it_exports_the_patients_for_the_office_before_erasing_on_request(leavin
     exported = AuditEvent.objects.get(action="patient_phi.exported")
     assert exported.data == {"patients": 2} and exported.office_id == office.pk
     assert all(is_erased(p) for p in Patient.objects.filter(office=office))
+
+
+def test_it_offboards_from_the_command_and_erases_nothing_when_the_export_cannot_be_written(
+    leaving: Any, tmp_path: Any
+) -> None:
+    office, _, _ = leaving
+    with at(utc(2026, 10, 15)):
+        subscription_cancel(office=office, immediately=True)
+    with pytest.raises(CommandError, match="nothing was erased"):
+        call_command("office_offboard_phi", office=office.pk, export=str(tmp_path / "missing" / "x.csv"))
+    assert not any(is_erased(p) for p in Patient.objects.filter(office=office))
+    out = tmp_path / "lakeside.csv"
+    stdout = io.StringIO()
+    call_command("office_offboard_phi", office=office.pk, export=str(out), stdout=stdout)
+    assert "2 patient(s) erased" in stdout.getvalue()
+    assert "Vandermolen" in out.read_text() and oct(out.stat().st_mode & 0o777) == "0o600"
+    assert all(is_erased(p) for p in Patient.objects.filter(office=office))
+    with pytest.raises(CommandError, match="exists already"):
+        call_command("office_offboard_phi", office=office.pk, export=str(out))
+    with pytest.raises(CommandError, match="No office"):
+        call_command("office_offboard_phi", office=999999)
