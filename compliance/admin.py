@@ -126,6 +126,7 @@ class AccessReviewAdmin(ModelAdmin):
         "export_download",
     )
     form = AccessReviewForm
+    list_before_template = "admin/compliance/_reviews_before_list.html"
 
     # --- who may ----------------------------------------------------------------------
 

@@ -184,6 +184,8 @@ def test_it_records_a_review_in_the_console_and_shows_it_on_the_overview(
         assert review.export_rows == 3
         overview = client.get("/admin/").content.decode()
         assert 'data-overdue="false"' in overview and "Last review recorded 2026-11-20" in overview
+        listing = client.get("/admin/compliance/accessreview/").content.decode()
+        assert 'href="/admin/compliance/accessreview/evidence/"' in listing and "root" in listing
         page = client.get(f"/admin/compliance/accessreview/{review.pk}/change/").content.decode()
         assert "Download the CSV (3 rows)" in page
         download = client.get(f"/admin/compliance/accessreview/{review.pk}/export.csv")
