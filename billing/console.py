@@ -280,4 +280,8 @@ def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[st
         actor=request.user,
         data={"month": layout["overview_month"], "currency": layout["overview_currency"]},
     )
+    # Issue 12 item 3: when the last access review was, and whether one is overdue.
+    from compliance.console import access_review_overview
+
+    layout["overview_access_review"] = access_review_overview(report.zone)
     return {**context, "overview": True, "overview_error": error, **layout}

@@ -57,6 +57,12 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
         [
             ("Audit trail", "admin:audit_auditevent_changelist", "audit.view_auditevent", "policy"),
             ("Model changes", "admin:auditlog_logentry_changelist", "auditlog.view_logentry", "history"),
+            (
+                "Access reviews",
+                "admin:compliance_accessreview_changelist",
+                "compliance.view_accessreview",
+                "fact_check",
+            ),
             ("Operators", "admin:auth_user_changelist", "auth.view_user", "manage_accounts"),
             ("Groups", "admin:auth_group_changelist", "auth.view_group", "groups"),
         ],

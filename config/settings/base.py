@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "offices",
     "patients",
     "billing",
+    "compliance",
 ]
 
 MIDDLEWARE = [
@@ -301,3 +302,14 @@ OTP_TOTP_ISSUER = env.str("OPERATOR_MFA_ISSUER", default="Billing console")  # t
 OTP_TOTP_THROTTLE_FACTOR = env.int("OPERATOR_MFA_THROTTLE_FACTOR", default=1)
 OTP_STATIC_THROTTLE_FACTOR = OTP_TOTP_THROTTLE_FACTOR
 OPERATOR_MFA_RECOVERY_CODES = 10
+
+# --- compliance: access reviews, evidence export, retention (issue 12, items 3, 4, 9) ---
+# An information-system activity review (45 CFR 164.308(a)(1)(ii)(D)) is due this many
+# days after the last one; the console's overview flags it as overdue after that.
+ACCESS_REVIEW_INTERVAL_DAYS = env.int("ACCESS_REVIEW_INTERVAL_DAYS", default=31)
+# Daily: report what is past the six-year retention (164.316(b)(2)), delete only expired
+# sessions and API tokens (compliance/services.py:retention_sweep).
+CELERY_BEAT_SCHEDULE["compliance-retention-daily"] = {
+    "task": "compliance.tasks.retention_sweep_task",
+    "schedule": 86400.0,
+}
