@@ -19,7 +19,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from audit.middleware import client_ip
 from ops.health import readiness
@@ -66,4 +66,4 @@ def metrics(request: HttpRequest) -> HttpResponse:
         refused = JsonResponse({"message": "A bearer token is required (Authorization: Bearer …)."}, status=401)
         refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return _plain(refused)
-    return _plain(HttpResponse(metrics_text(), content_type=CONTENT_TYPE_LATEST))
+    return _plain(HttpResponse(metrics_text(), content_type=CONTENT_TYPE_PLAIN_0_0_4))

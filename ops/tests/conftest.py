@@ -55,11 +55,20 @@ def broker(tmp_path: Path) -> Iterator[Callable[..., None]]:
         else:
             app.conf.broker_transport_options = {}
         app.conf.broker_url = url
+        _forget_producer_pool()
 
     (tmp_path / "broker" / "processed").mkdir(parents=True)
     use()
     yield use
     app.conf.broker_url, app.conf.broker_transport_options = before
+    _forget_producer_pool()
+
+
+def _forget_producer_pool() -> None:
+    """Celery keeps the producer pool of the first broker it published to: forget it, so the
+    next publish takes kombu's pool for the broker just configured (kombu keeps one per URL)."""
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @pytest.fixture
