@@ -81,7 +81,7 @@ class DatabaseCollector:
 
         now = timezone.now()
 
-        def counts(rows: Iterable[dict[str, Any]], key: str) -> dict[str, int]:
+        def counts(rows: Iterable[Any], key: str) -> dict[str, int]:
             return {str(row[key]): int(row["n"]) for row in rows}
 
         yield _by(

@@ -87,6 +87,14 @@ if env.bool("STRIPE_ALLOW_IN_TRANSACTION", default=False) or globals().get("STRI
         "(Stripe is never called inside a database transaction)."
     )
 
+# /metrics (ops/views.py): off when METRICS_TOKEN is empty; when set, long enough that
+# guessing it is hopeless (it is compared in constant time, and travels over HTTPS only).
+if 0 < len(env.str("METRICS_TOKEN", default="")) < 32:
+    raise ImproperlyConfigured("METRICS_TOKEN must be 32+ random characters (or empty: no /metrics).")
+# Load-balancer probes: /health/live and /health/ready are answered before the HTTPS
+# redirect and admit HEALTH_CHECK_HOSTS besides ALLOWED_HOSTS (ops/middleware.py); they
+# carry no cookie, token or data. Everything else, /metrics included, keeps both checks.
+
 # Transmission security (HIPAA 164.312(e)): HTTPS only, HSTS for a year with subdomains.
 SECURE_SSL_REDIRECT = True
 SECURE_HSTS_SECONDS = 31536000

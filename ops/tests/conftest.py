@@ -107,4 +107,3 @@ def redis_cache(settings: Any, url: str) -> Iterator[None]:
         yield
     finally:
         settings.CACHES = previous
-

@@ -129,9 +129,15 @@ def test_it_reports_the_seeded_figures(client: Client, settings) -> None:
     assert value(m, "billing_runs_by_status", status="finished") == 3  # two from billed_office, ours
     assert value(m, "billing_runs_by_status", status="running") == 1
     assert value(m, "billing_runs_by_status", status="failed") == 0
-    assert value(m, "billing_run_latest_started_timestamp_seconds") == datetime(2026, 5, 10, 7, 0, 2, tzinfo=UTC).timestamp()
+    assert (
+        value(m, "billing_run_latest_started_timestamp_seconds")
+        == datetime(2026, 5, 10, 7, 0, 2, tzinfo=UTC).timestamp()
+    )
     assert value(m, "billing_run_last_completed_duration_seconds") == 150
-    assert value(m, "billing_run_last_completed_finished_timestamp_seconds") == (started + timedelta(seconds=150)).timestamp()
+    assert (
+        value(m, "billing_run_last_completed_finished_timestamp_seconds")
+        == (started + timedelta(seconds=150)).timestamp()
+    )
     assert value(m, "billing_run_last_completed_offices_due") == 7
     assert value(m, "billing_run_last_completed_offices_done") == 6
     assert value(m, "billing_run_last_completed_errors") == 1
@@ -233,8 +239,7 @@ def test_it_adds_up_the_counters_of_every_worker_under_prometheus_multiproc_dir(
         "PYTHONPATH": str(ROOT),
     }
     workers = [
-        subprocess.Popen([sys.executable, "-c", COUNT_IN_A_PROCESS.format(n=n)], cwd=ROOT, env=env)
-        for n in (3, 4)
+        subprocess.Popen([sys.executable, "-c", COUNT_IN_A_PROCESS.format(n=n)], cwd=ROOT, env=env) for n in (3, 4)
     ]
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
     assert len(list(tmp_path.glob("counter_*.db"))) == 2  # one file per process
