@@ -312,7 +312,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     *MIDDLEWARE,
 ]
+_outages = "config.outages.DatabaseOutageMiddleware"
 MIDDLEWARE.insert(
-    MIDDLEWARE.index("config.outages.DatabaseOutageMiddleware"),
+    MIDDLEWARE.index(_outages) if _outages in MIDDLEWARE else len(MIDDLEWARE),
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 )
