@@ -134,3 +134,14 @@ def test_it_shows_no_alert_block_when_all_is_well(client: Client, fresh_tick) ->
     page = _operator(client, may_view_invoices=True).get("/admin/")
     assert page.status_code == 200
     assert 'id="deadman-alerts"' not in page.content.decode()
+
+
+def test_it_shows_the_heartbeats_read_only_in_the_console(client: Client, fresh_tick) -> None:
+    operator = _operator(client, may_view_invoices=True)
+    listing = operator.get("/admin/ops/heartbeat/")
+    assert listing.status_code == 200
+    assert BILLING_TICK in listing.content.decode()
+    assert operator.get("/admin/ops/heartbeat/add/").status_code == 403
+    beat = Heartbeat.objects.get(name=BILLING_TICK)
+    assert operator.post(f"/admin/ops/heartbeat/{beat.pk}/delete/").status_code == 403
+    assert Heartbeat.objects.filter(pk=beat.pk).exists()
