@@ -263,6 +263,11 @@ def dashboard_context(report: Overview, currency: str) -> dict[str, Any]:
 
 
 def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[str, Any]:
+    # Dead-man alerts (ops/selectors.py): beat or the audit sealer stopped. Shown to every
+    # console user, above everything else; they name tasks and ages only.
+    from ops.selectors import deadman_alerts
+
+    context = {**context, "deadman_alerts": deadman_alerts()}
     if not request.user.has_perm("billing.view_invoice"):
         return context
     month, error = _month_param(request)

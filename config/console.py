@@ -99,6 +99,7 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
                 "schedule",
             ),
             ("API tokens", "admin:knox_authtoken_changelist", "knox.view_authtoken", "key"),
+            ("Task heartbeats", "admin:ops_heartbeat_changelist", "ops.view_heartbeat", "monitor_heart"),
         ],
     ),
 ]

@@ -21,6 +21,7 @@ from config.api_index import api_index
 from config.auth_api import LogoutView, TokenView
 from config.mfa.views import enrol_view, recovery_codes_view, verify_view
 from offices.api import MemberDetailView, MembersView, OfficeDetailView, OfficesView
+from ops.views import health_live, health_ready, metrics
 from patients.api import OfficePatientsView, PatientActivateView, PatientDeactivateView
 
 admin.site.site_header = "Billing console"
@@ -64,4 +65,9 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Health and metrics (ops/views.py). The probes are public and normally answered by
+    # ops.middleware.HealthCheckMiddleware before these patterns; /metrics needs METRICS_TOKEN.
+    path("health/live", health_live, name="health-live"),
+    path("health/ready", health_ready, name="health-ready"),
+    path("metrics", metrics, name="metrics"),
 ]

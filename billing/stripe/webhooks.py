@@ -44,6 +44,7 @@ from audit.services import audit_record, deferred_sealing
 from billing.models import StripeEvent, StripeEventStatus, WebhookRejectionWindow
 from billing.stripe.djstripe_adapter import MirrorResult, mirror_event, mirror_event_by_id, redact
 from billing.stripe.events import NotAnEvent, VerifiedEvent, stripe_event_react
+from ops.counters import webhook_delivery_count
 
 logger = logging.getLogger("billing.webhooks")
 
@@ -188,6 +189,7 @@ def _reject(request: HttpRequest, rejected: Rejected, *, size: int | None) -> Ht
             },
         )
     logger.warning("Stripe webhook rejected: %s", rejected.reason)
+    webhook_delivery_count(outcome="rejected", reason=rejected.reason)  # /metrics (ops/counters.py)
     return JsonResponse({"error": rejected.reason}, status=rejected.status)
 
 
@@ -284,6 +286,7 @@ def _claim_retry(row: StripeEvent) -> bool:
 def _handle(*, event: VerifiedEvent, payload: dict[str, Any], signature: Signature) -> HttpResponse:
     row, created = _record(event, signature)
     if not created and not _claim_retry(row):
+        webhook_delivery_count(outcome="duplicate")
         return JsonResponse({"received": True, "event": event.id, "status": "duplicate"})
     try:
         outcome = stripe_event_react(event=event)
@@ -301,11 +304,13 @@ def _handle(*, event: VerifiedEvent, payload: dict[str, Any], signature: Signatu
             data={"event_id": event.id, "type": event.type},
         )
         _request_mirror(row, payload)
+        webhook_delivery_count(outcome="failed")
         return JsonResponse({"received": True, "event": event.id, "status": "failed"}, status=500)
     StripeEvent.objects.filter(pk=row.pk).update(
         status=StripeEventStatus.PROCESSED, outcome=outcome[:200], error="", processed_at=timezone.now()
     )
     _request_mirror(row, payload)
+    webhook_delivery_count(outcome="accepted")
     return JsonResponse({"received": True, "event": event.id, "status": "processed", "outcome": outcome})
 
 

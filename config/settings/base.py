@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "patients",
     "billing",
     "compliance",
+    "ops",  # health checks and metrics (issue 12, item 6)
 ]
 
 MIDDLEWARE = [
@@ -313,3 +314,35 @@ CELERY_BEAT_SCHEDULE["compliance-retention-daily"] = {
     "task": "compliance.tasks.retention_sweep_task",
     "schedule": 86400.0,
 }
+
+# --- Health and metrics (ops/, issue 12 item 6) ---------------------------------------
+# /health/ready is red when the last successful hourly billing-run tick is older than this
+# (beat or the worker stopped), or when a committed audit entry has waited longer than the
+# second for its seal (the sealer stopped). Both also show at the top of the console.
+HEALTH_TICK_MAX_AGE_MINUTES = env.int("HEALTH_TICK_MAX_AGE_MINUTES", default=120)
+HEALTH_AUDIT_UNSEALED_MAX_AGE_MINUTES = env.int("HEALTH_AUDIT_UNSEALED_MAX_AGE_MINUTES", default=10)
+# Seconds /health/ready waits for the broker (its own connection, connect and each read).
+HEALTH_CHECK_TIMEOUT_SECONDS = env.float("HEALTH_CHECK_TIMEOUT_SECONDS", default=2.0)
+# Hosts admitted for /health/live and /health/ready only, besides ALLOWED_HOSTS: for load
+# balancers that probe with the target's IP as Host (ops/middleware.py). Empty by default.
+HEALTH_CHECK_HOSTS = env.list("HEALTH_CHECK_HOSTS", default=[])
+# /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`; empty: /metrics is a 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A Redis cache that accepts connections but never answers would hang every throttled
+# request (and the readiness check) without a socket timeout.
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    _cache_timeout = env.float("CACHE_SOCKET_TIMEOUT", default=2.5)
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault("socket_timeout", _cache_timeout)
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", _cache_timeout)
+# Probes first (ops/middleware.py); django-prometheus's request metrics around the rest: its
+# "after" half just outside the database-outage middleware, so it counts the 503 clients get.
+MIDDLEWARE = [
+    "ops.middleware.HealthCheckMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    *MIDDLEWARE,
+]
+_outages = "config.outages.DatabaseOutageMiddleware"
+MIDDLEWARE.insert(
+    MIDDLEWARE.index(_outages) if _outages in MIDDLEWARE else len(MIDDLEWARE),
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+)

@@ -106,6 +106,14 @@ if OTP_TOTP_THROTTLE_FACTOR <= 0:
         "OPERATOR_MFA_THROTTLE_FACTOR must be 1 or more in production: 0 turns off the throttling of wrong codes."
     )
 
+# /metrics (ops/views.py): off when METRICS_TOKEN is empty; when set, long enough that
+# guessing it is hopeless (it is compared in constant time, and travels over HTTPS only).
+if 0 < len(env.str("METRICS_TOKEN", default="")) < 32:
+    raise ImproperlyConfigured("METRICS_TOKEN must be 32+ random characters (or empty: no /metrics).")
+# Load-balancer probes: /health/live and /health/ready are answered before the HTTPS
+# redirect and admit HEALTH_CHECK_HOSTS besides ALLOWED_HOSTS (ops/middleware.py); they
+# carry no cookie, token or data. Everything else, /metrics included, keeps both checks.
+
 # Transmission security (HIPAA 164.312(e)): HTTPS only, HSTS for a year with subdomains.
 SECURE_SSL_REDIRECT = True
 SECURE_HSTS_SECONDS = 31536000
