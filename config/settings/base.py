@@ -284,3 +284,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Deployment (docs/deploy.md) ---------------------------------------------------------
+# One beat at a time: beat holds a PostgreSQL advisory lock while it schedules; a second
+# beat stands by and retries every BEAT_LOCK_RETRY_SECONDS (config/beat_lock.py).
+CELERY_BEAT_SCHEDULER = "config.beat_lock:LockedDatabaseScheduler"
+BEAT_LOCK_RETRY_SECONDS = env.float("BEAT_LOCK_RETRY_SECONDS", default=5.0)
+# Where `manage.py collectstatic` puts the static files the TLS proxy serves at /static/.
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default="") or VAR_DIR / "static")
