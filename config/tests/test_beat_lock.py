@@ -141,3 +141,24 @@ def test_it_stands_by_while_another_session_holds_the_lock(
     crash.wait_until(
         lambda: PeriodicTask.objects.filter(name="audit-seal").exists(), timeout=10, what="the settings' schedule"
     )
+
+
+def test_it_stops_scheduling_when_its_lock_session_ends_and_takes_the_lock_again(
+    broker: str, tmp_path: Path, children: list[crash.Child]
+) -> None:
+    """The holder's lock session is ended from outside (a database restart or a network cut
+    looks the same to it): it says so, stops, and retries; alone, it holds the lock again."""
+    beat = start_beat("holder", broker=broker, tmp_path=tmp_path, children=children)
+    crash.wait_until(lambda: "beat lock acquired" in beat.log(), timeout=30, what="the lock", child=beat)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [f"{APPLICATION_NAME}:{beat.pid}"],
+        )
+        assert cursor.fetchall() == [(True,)]
+    crash.wait_until(lambda: "beat lock lost" in beat.log(), timeout=10, what="the loss noticed", child=beat)
+    crash.wait_until(
+        lambda: beat.log().count("beat lock acquired") == 2, timeout=10, what="the lock taken again", child=beat
+    )
+    assert lock_holders() == [f"{APPLICATION_NAME}:{beat.pid}"]
+    assert beat.alive()
