@@ -346,3 +346,14 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index(_outages) if _outages in MIDDLEWARE else len(MIDDLEWARE),
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 )
+
+# --- Deployment (docs/deploy.md) ---------------------------------------------------------
+# One beat at a time: beat holds a PostgreSQL advisory lock while it schedules; a second
+# beat stands by and retries every BEAT_LOCK_RETRY_SECONDS (config/beat_lock.py).
+CELERY_BEAT_SCHEDULER = "config.beat_lock:LockedDatabaseScheduler"
+BEAT_LOCK_RETRY_SECONDS = env.float("BEAT_LOCK_RETRY_SECONDS", default=5.0)
+# Where `manage.py collectstatic` puts the static files the TLS proxy serves at /static/.
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default="") or VAR_DIR / "static")
+# Rotating DJANGO_SECRET_KEY without logging everyone out: the previous key(s) here, comma
+# separated, still verify sessions and signed values until removed (docs/deploy.md).
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
