@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
+from datetime import date
 from io import StringIO
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,7 +17,6 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db.models import Q
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import get_objects_for_user
@@ -81,8 +83,8 @@ def office_of(slug: str) -> Office:
 
 def test_it_builds_months_of_history_through_the_services(stripe_url):
     output, seconds = seed()
-    print(output)  # noqa: T201 - shown with -s
-    print(f"seed_demo took {seconds:.1f} s")  # noqa: T201
+    print(output)
+    print(f"seed_demo took {seconds:.1f} s")
     assert "Demo data created" in output
     offices = {slug: office_of(slug) for slug in OFFICE_SLUGS}
     assert {slug: o.timezone for slug, o in offices.items()} == OFFICE_SLUGS
@@ -91,7 +93,7 @@ def test_it_builds_months_of_history_through_the_services(stripe_url):
     # Several months of monthly runs, backdated, one per boundary, then today's.
     runs = list(BillingRun.objects.filter(trigger="seed_demo").order_by("as_of"))
     assert len(runs) == 6
-    gaps = [(b.as_of - a.as_of).days for a, b in zip(runs[:-2], runs[1:-1], strict=True)]
+    gaps = [(b.as_of - a.as_of).days for a, b in pairwise(runs[:-1])]  # the boundary runs
     assert all(28 <= gap <= 31 for gap in gaps), gaps
     assert (now - runs[0].as_of).days >= 130 and (now - runs[-2].as_of).days >= 20
     assert all(run.status == "finished" and run.error_count == 0 for run in runs)
@@ -187,56 +189,81 @@ def test_it_builds_months_of_history_through_the_services(stripe_url):
     assert seconds < 60
 
 
-def test_it_reports_the_last_full_month_as_the_seeded_rows_add_up(stripe_url):
-    seed()
+@dataclass(frozen=True)
+class MonthByHand:
+    """A month's overview figures, added up here from the rows (billing/overview.py's
+    definitions, independent arithmetic: plain queries and Python sums)."""
+
+    month: date
+    billed: int
+    collected: int
+    outstanding: int
+    past_due: int
+    mrr: int
+    mrr_draft: int
+    billable: int
+    active: int
+
+
+def last_full_month_by_hand() -> MonthByHand:
     now = timezone.now()
     tz = ZoneInfo(str(django_settings.BILLING_DEFAULT_TIMEZONE))
     month = add_months_clamped(now.astimezone(tz).date().replace(day=1), -1)
     start, end = local_midnight(month, tz), local_midnight(add_months_clamped(month, 1), tz)
     assert end <= now  # a full month
 
-    report = overview(month=month)
-
     def total(invoices) -> int:
         return sum(invoices.values_list("total_cents", flat=True))
 
     finalized = Invoice.objects.filter(finalized_at__gte=start, finalized_at__lt=end)
-    billed = total(finalized.exclude(status=InvoiceStatus.VOID))
-    collected = total(Invoice.objects.filter(status=InvoiceStatus.PAID, paid_at__gte=start, paid_at__lt=end))
-    open_at_end = [
+    open_at_end = [  # finalized before the end, not yet paid, voided or written off then
         i
         for i in Invoice.objects.filter(finalized_at__lt=end)
-        if not (i.paid_at and i.paid_at < end) and not (i.voided_at and i.voided_at < end)
+        if not (i.paid_at and i.paid_at < end)
+        and not (i.voided_at and i.voided_at < end)
+        and not (i.marked_uncollectible_at and i.marked_uncollectible_at < end)
     ]
-    outstanding = sum(i.total_cents for i in open_at_end)
-    past_due = sum(i.total_cents for i in open_at_end if i.past_due_at and i.past_due_at < end)
     cycles = Invoice.objects.filter(kind=InvoiceKind.CYCLE, period_start__gte=start, period_start__lt=end)
-    mrr = total(cycles.exclude(status=InvoiceStatus.VOID))
-    billable = (
-        LineItem.objects.filter(
+    billable = {
+        line.patient_id
+        for line in LineItem.objects.filter(
             kind__in=PATIENT_LINE_KINDS,
             invoice__kind=InvoiceKind.CYCLE,
             invoice__finalized_at__gte=start,
             invoice__finalized_at__lt=end,
-        )
-        .exclude(invoice__status=InvoiceStatus.VOID)
-        .values("patient_id")
-        .distinct()
-        .count()
-    )
-    active = (
-        ActivationInterval.objects.filter(Q(activated_at__lt=end), Q(deactivated_at=None) | Q(deactivated_at__gte=end))
-        .values("patient_id")
-        .distinct()
-        .count()
+        ).exclude(invoice__status=InvoiceStatus.VOID)
+    }
+    active = {
+        interval.patient_id
+        for interval in ActivationInterval.objects.all()
+        if interval.activated_at < end and (interval.deactivated_at is None or interval.deactivated_at >= end)
+    }
+    return MonthByHand(
+        month=month,
+        billed=total(finalized.exclude(status=InvoiceStatus.VOID)),
+        collected=total(Invoice.objects.filter(status=InvoiceStatus.PAID, paid_at__gte=start, paid_at__lt=end)),
+        outstanding=sum(i.total_cents for i in open_at_end),
+        past_due=sum(i.total_cents for i in open_at_end if i.past_due_at and i.past_due_at < end),
+        mrr=total(cycles.exclude(status=InvoiceStatus.VOID)),
+        mrr_draft=total(cycles.filter(status=InvoiceStatus.DRAFT)),
+        billable=len(billable),
+        active=len(active),
     )
 
-    assert billed > 0 and collected > 0 and outstanding > 0 and mrr > 0 and billable > 0  # a month with history
+
+def test_it_reports_the_last_full_month_as_the_seeded_rows_add_up(stripe_url):
+    seed()
+    hand = last_full_month_by_hand()
+
+    report = overview(month=hand.month)
+
+    assert hand.billed > 0 and hand.collected > 0 and hand.outstanding > 0 and hand.mrr > 0  # a month with history
+    assert hand.billable > 0 and hand.active > 0
     [usd] = report.figures
-    assert (usd.currency, usd.billed_cents, usd.collected_cents) == ("usd", billed, collected)
-    assert (usd.outstanding_cents, usd.past_due_cents, usd.mrr_cents) == (outstanding, past_due, mrr)
-    assert usd.mrr_draft_cents == total(cycles.filter(status=InvoiceStatus.DRAFT))
-    assert (report.billable_patients_in_month, report.active_patients) == (billable, active)
+    assert (usd.currency, usd.billed_cents, usd.collected_cents) == ("usd", hand.billed, hand.collected)
+    assert (usd.outstanding_cents, usd.past_due_cents) == (hand.outstanding, hand.past_due)
+    assert (usd.mrr_cents, usd.mrr_draft_cents) == (hand.mrr, hand.mrr_draft)
+    assert (report.billable_patients_in_month, report.active_patients) == (hand.billable, hand.active)
     assert report.suspended_total == 1 and report.suspended_offices[0].name == "Demo Denver Clinic"
     assert report.failed_payments_total == 1
     assert len(report.latest_runs) == 5 and all(r.trigger == "seed_demo" for r in report.latest_runs)
@@ -311,4 +338,3 @@ def _counts() -> dict[str, int]:
         "audit": AuditEvent.objects.count(),
         "events": StripeEvent.objects.count(),
     }
-
