@@ -257,7 +257,9 @@ def test_it_reports_the_last_full_month_as_the_seeded_rows_add_up(stripe_url):
 
     report = overview(month=hand.month)
 
-    assert hand.billed > 0 and hand.collected > 0 and hand.outstanding > 0 and hand.mrr > 0  # a month with history
+    # Every month of the history has a boundary run and card payments (what is still open at
+    # its end depends on today's date: the figures are compared, not required to be non-zero).
+    assert hand.billed > 0 and hand.collected > 0 and hand.mrr > 0
     assert hand.billable > 0 and hand.active > 0
     [usd] = report.figures
     assert (usd.currency, usd.billed_cents, usd.collected_cents) == ("usd", hand.billed, hand.collected)
