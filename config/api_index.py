@@ -24,6 +24,7 @@ RESOURCES = {
     "patient_deactivate": "/api/v1/patients/{patient_id}/deactivate/",
     "invoice": "/api/v1/invoices/{invoice_id}/",
     "invoice_pdf": "/api/v1/invoices/{invoice_id}/pdf/",
+    "invoice_mark_uncollectible": "/api/v1/invoices/{invoice_id}/mark-uncollectible/",
     "audit_events": "/api/v1/audit-events/",
     "audit_events_export": "/api/v1/audit-events/export/",
 }

@@ -1,11 +1,13 @@
 """`make run`: the whole development stack in one foreground process.
 
 Run from the project root as `.venv/bin/python -m scripts.devserver`. It loads `.env`,
-migrates, seeds the demo data (which prints the logins), then starts and supervises:
+migrates, then starts and supervises:
 
-- localstripe on `STRIPE_PORT` (default 8420), without `--from-scratch` and with
-  `TMPDIR=var/localstripe/`, so its pickled store survives restarts beside the database
-  (through our launcher devtools/localstripe/: localstripe itself ignores TMPDIR);
+- localstripe on `STRIPE_PORT` (default 8420), with `TMPDIR=var/localstripe/`, so its
+  pickled store survives restarts beside the database (through our launcher
+  devtools/localstripe/: localstripe itself ignores TMPDIR); `--from-scratch` only when the
+  SQLite database did not exist yet. Then it seeds the demo history against it
+  (`seed_demo`, which prints the logins);
 - a Celery worker with embedded beat (filesystem broker under `var/celery-broker/` unless
   `CELERY_BROKER_URL` says otherwise; the beat scheduler comes from the settings);
 - Django's runserver on 127.0.0.1:`WEB_PORT` (default 8000), with autoreload.
@@ -273,26 +275,39 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop.handler)
 
     python = sys.executable
-    for name, argv in (
-        ("migrate", [python, "manage.py", "migrate", "--noinput"]),
-        ("seed_demo", [python, "manage.py", "seed_demo"]),
-    ):
-        code = run_step(name, argv, env, stop)
-        if code is None:
-            say(f"{stop.signal_name} received during {name}: stopped")
-            return 0
-        if code != 0:
-            say(f"{name} failed (exit code {code}): not starting the servers")
-            return 1
+    # A new development database gets a new Stripe store: the demo history seed_demo builds
+    # on a new database would otherwise meet the customers and invoice numbers of the old one.
+    new_database = not os.environ.get("DATABASE_URL") and not (VAR / "db.sqlite3").exists()
+    code = run_step("migrate", [python, "manage.py", "migrate", "--noinput"], env, stop)
+    if code is None:
+        say(f"{stop.signal_name} received during migrate: stopped")
+        return 0
+    if code != 0:
+        say(f"migrate failed (exit code {code}): not starting the servers")
+        return 1
 
     children: list[Child] = []
     try:
         stripe_env = {**env, "TMPDIR": str(VAR / "localstripe")}
         localstripe_argv = [python, "-m", "devtools.localstripe", "--port", str(stripe_port)]  # keeps its store
+        if new_database:
+            localstripe_argv.append("--from-scratch")
         localstripe = Child("localstripe", localstripe_argv, stripe_env)
         children.append(localstripe)
         if not wait_for_port(localstripe, stripe_port, stop):
             return _finish(children, stop, failed="localstripe")
+        # seed_demo builds its backdated history against localstripe (pushes, card payments,
+        # a declined card) before any webhook is registered or the web server runs: it
+        # delivers the events of that history itself, at their own instants.
+        code = run_step("seed_demo", [python, "manage.py", "seed_demo"], env, stop)
+        if code is None:
+            say(f"{stop.signal_name} received during seed_demo: stopped")
+            stop_all(children, stop)
+            return 0
+        if code != 0:
+            say(f"seed_demo failed (exit code {code}): not starting the servers")
+            stop_all(children, stop)
+            return 1
         register_webhook(stripe_port, web_port, env)
         # The web server (our webhook endpoint) listens before the worker pushes anything:
         # otherwise Stripe's first events (a failed payment) reach nobody and the office

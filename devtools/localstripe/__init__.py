@@ -17,6 +17,8 @@ and where we differ):
 - the fields dj-stripe 2.11 reads (``discounts``, ``subscription``/``price`` on
   subscription items, …; ``customers``) and ``invoice.*`` events, delivered through
   localstripe's signed webhooks (``events``);
+- a movable clock, ``POST /_config/clock`` (``frozen_time``), for backdated demo
+  histories (``clock``);
 - the pickled store kept in the system temp folder (``TMPDIR``), written atomically:
   localstripe itself hard-codes ``/tmp/localstripe.pickle`` (``store``).
 

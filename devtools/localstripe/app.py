@@ -13,6 +13,7 @@ from aiohttp import web
 from localstripe import resources as ls
 from localstripe import server
 
+from devtools.localstripe import clock
 from devtools.localstripe.account import _account, _account_by_id, _checkout_session_create
 from devtools.localstripe.common import Data, Endpoint
 from devtools.localstripe.customers import (
@@ -111,6 +112,7 @@ def install() -> None:
         return
     _installed = True
 
+    clock.install()  # before anything stamps a time: objects, transitions, events
     ls.Store.try_load_from_disk = _store_load
     ls.Store.dump_to_disk = _store_dump
 
@@ -223,6 +225,8 @@ def build_app() -> web.Application:
     ours = {(method, path) for method, path, _ in ROUTES}
     for method, path, fn in ROUTES:
         app.router.add_route(method, path, _endpoint(fn))
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/_config/clock", clock.config_clock)
     for route in server.app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else None
         if canonical is None or (route.method, canonical) in ours:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 from aiohttp import web
 from localstripe import resources as ls
 from localstripe.errors import UserError
+
+from devtools.localstripe.clock import now as clock_now
 
 DEFAULT_CURRENCY = "usd"
 ACCOUNT_NAME = "Local Stripe test account"
@@ -127,7 +128,7 @@ def _retrieve(cls: Any, object_id: Any, noun: str, *, param: str = "id") -> Any:
 
 
 def _now() -> int:
-    return int(time.time())
+    return int(clock_now())  # the movable clock (clock.py), not time.time()
 
 
 def _objects(cls: Any) -> list[Any]:
