@@ -224,7 +224,11 @@ def test_it_serves_the_console_the_api_and_webhooks_under_gunicorn_with_producti
     assert all(flag in session_cookie for flag in ("Secure", "HttpOnly", "SameSite=Lax"))
     session_value = session_cookie.split(";", 1)[0].split("=", 1)[1]
     console = stack.request("GET", "/admin/", headers={"Cookie": f"__Host-sessionid={session_value}"})
-    assert console.status == 200
+    # Production requires the second factor: an operator with no authenticator yet is sent
+    # to enrol before any console page (config/mfa/; the flow itself is config/tests/test_mfa.py).
+    assert console.status == 302 and console.header("Location").startswith("/admin/mfa/enrol/")
+    enrol = stack.request("GET", console.header("Location"), headers={"Cookie": f"__Host-sessionid={session_value}"})
+    assert enrol.status == 200
     # The client address is the proxy's X-Forwarded-For hop, not the proxy itself.
     logged_in = AuditEvent.objects.filter(action="auth.login").latest("seq")
     assert logged_in.source_ip == CLIENT_IP
@@ -283,7 +287,7 @@ def test_it_serves_the_console_the_api_and_webhooks_under_gunicorn_with_producti
     access_log = stack.web.log(100_000)
     assert "canary-query-string" not in access_log
     assert '"POST /stripe/webhook/ HTTP/1.1" 200' in access_log
-    assert re.search(r'"GET /admin/ HTTP/1.1" 200 \d+ \d+ms rid=[0-9a-f-]{8,}', access_log), access_log[-2000:]
+    assert re.search(r'"GET /admin/ HTTP/1.1" 302 \d+ \d+ms rid=[0-9a-f-]{8,}', access_log), access_log[-2000:]
 
 
 def test_it_refuses_to_boot_gunicorn_with_production_settings_missing_a_secret(tmp_path: Path) -> None:
