@@ -284,3 +284,23 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Stripe pacing (issue 10: billing/stripe/pacing.py, docs/stripe.md "Pacing") ---------
+# Every Stripe request takes a slot from a rate limit shared by every worker on every
+# machine (Redis), reads and writes apart, per account and mode. Defaults: 90% of Stripe's
+# documented limits (100/s live, 25/s test mode), rounded down.
+STRIPE_RATE_LIMIT_ENABLED = env.bool("STRIPE_RATE_LIMIT_ENABLED", default=True)
+STRIPE_WRITE_RATE_PER_SECOND = env.float("STRIPE_WRITE_RATE_PER_SECOND", default=90.0 if STRIPE_LIVE_MODE else 22.0)
+STRIPE_READ_RATE_PER_SECOND = env.float("STRIPE_READ_RATE_PER_SECOND", default=90.0 if STRIPE_LIVE_MODE else 22.0)
+# Where the shared buckets live. Empty: CACHE_URL if it is Redis, else CELERY_BROKER_URL if
+# it is Redis, else none — each process then paces itself (right on one box, one worker).
+_redis_urls = [env.str("CACHE_URL", default=""), CELERY_BROKER_URL]
+STRIPE_RATE_LIMIT_REDIS_URL = env.str("STRIPE_RATE_LIMIT_REDIS_URL", default="") or next(
+    (url for url in _redis_urls if url.startswith(("redis://", "rediss://", "unix://"))), ""
+)
+# A request waits at most this long for its slot; beyond it nothing is sent and the call
+# fails as transient (the push task retries with backoff).
+STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS = env.float("STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS", default=10.0)
+# How often one call retries a 429 itself (Retry-After, else exponential backoff with
+# jitter) before failing as transient. `Stripe-Should-Retry: false` is never retried.
+STRIPE_RATE_LIMITED_RETRIES = env.int("STRIPE_RATE_LIMITED_RETRIES", default=3)

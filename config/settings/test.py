@@ -10,3 +10,7 @@ STRIPE_PUSH_ENABLED = False  # tests that push start their own localstripe and e
 # Tests that talk to Stripe start their own localstripe and pass its URL.
 # (.ci/run's contract step exports the URL of the localstripe it starts.)
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="") or "http://127.0.0.1:9"
+# Stripe pacing (billing/stripe/pacing.py) is off: the suite's localstripes are not Stripe,
+# and CI's CACHE_URL is Redis, so every test process would share one 22/s budget. The
+# pacing tests (billing/tests/stripe/test_pacing*.py) turn it on with their own settings.
+STRIPE_RATE_LIMIT_ENABLED = env.bool("STRIPE_RATE_LIMIT_ENABLED", default=False)

@@ -30,6 +30,7 @@ from devtools.localstripe.customers import (
     _subscription_init,
 )
 from devtools.localstripe.events import _event_init, _events_list
+from devtools.localstripe.faults import fault_middleware
 from devtools.localstripe.idempotency import _endpoint, _purge_idempotency, context_middleware, idempotency_middleware
 from devtools.localstripe.invoices import (
     INVOICE_DEFAULTS,
@@ -212,6 +213,7 @@ def build_app() -> web.Application:
     install()
     app = web.Application(
         middlewares=[
+            fault_middleware,  # tests: injected 429s and the request log (faults.py)
             context_middleware,
             idempotency_middleware,
             server.error_middleware,
