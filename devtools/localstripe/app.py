@@ -239,9 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--from-scratch", action="store_true", help="ignore the store saved in $TMPDIR")
+    parser.add_argument(
+        "--in-memory", action="store_true", help="never save the store (benchmarks: pickling it on every write is slow)"
+    )
     args = parser.parse_args(argv)
 
     app = build_app()
+    if args.in_memory:
+        ls.Store.dump_to_disk = lambda self: None
     if not args.from_scratch:
         ls.store.try_load_from_disk()
     _purge_idempotency(time.time())

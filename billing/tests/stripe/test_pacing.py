@@ -29,18 +29,8 @@ from billing.stripe.gateway import Gateway, Permanent, RateLimitWait, Transient,
 from billing.stripe.push import invoice_push
 from billing.tests.support.factories import OfficeFactory
 from billing.tests.support.localstripe_server import run_localstripe
+from billing.tests.support.push_worker import max_in_window
 from config.tests.outage_support import RedisServer
-
-
-def max_in_window(times: list[float], width: float = 1.0) -> int:
-    """The most events in any half-open window [t, t + width) (two pointers over sorted times)."""
-    times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
-        while times[start] <= t - width:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def fail_open_count() -> float:
