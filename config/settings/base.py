@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"  # SQLite files, the embedded broker's folders, localstripe's store
@@ -290,8 +291,15 @@ LOGGING = {
 # machine (Redis), reads and writes apart, per account and mode. Defaults: 90% of Stripe's
 # documented limits (100/s live, 25/s test mode), rounded down.
 STRIPE_RATE_LIMIT_ENABLED = env.bool("STRIPE_RATE_LIMIT_ENABLED", default=True)
-STRIPE_WRITE_RATE_PER_SECOND = env.float("STRIPE_WRITE_RATE_PER_SECOND", default=90.0 if STRIPE_LIVE_MODE else 22.0)
-STRIPE_READ_RATE_PER_SECOND = env.float("STRIPE_READ_RATE_PER_SECOND", default=90.0 if STRIPE_LIVE_MODE else 22.0)
+# Empty (as in .env.example) means the default for the key's mode.
+STRIPE_WRITE_RATE_PER_SECOND = float(
+    env.str("STRIPE_WRITE_RATE_PER_SECOND", default="") or (90 if STRIPE_LIVE_MODE else 22)
+)
+STRIPE_READ_RATE_PER_SECOND = float(
+    env.str("STRIPE_READ_RATE_PER_SECOND", default="") or (90 if STRIPE_LIVE_MODE else 22)
+)
+if STRIPE_WRITE_RATE_PER_SECOND <= 0 or STRIPE_READ_RATE_PER_SECOND <= 0:
+    raise ImproperlyConfigured("STRIPE_WRITE_RATE_PER_SECOND and STRIPE_READ_RATE_PER_SECOND must be above 0.")
 # Where the shared buckets live. Empty: CACHE_URL if it is Redis, else CELERY_BROKER_URL if
 # it is Redis, else none — each process then paces itself (right on one box, one worker).
 _redis_urls = [env.str("CACHE_URL", default=""), CELERY_BROKER_URL]

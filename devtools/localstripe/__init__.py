@@ -18,7 +18,9 @@ and where we differ):
   subscription items, …; ``customers``) and ``invoice.*`` events, delivered through
   localstripe's signed webhooks (``events``);
 - the pickled store kept in the system temp folder (``TMPDIR``), written atomically:
-  localstripe itself hard-codes ``/tmp/localstripe.pickle`` (``store``).
+  localstripe itself hard-codes ``/tmp/localstripe.pickle`` (``store``);
+- for tests only: injected faults (e.g. 429 with ``Retry-After``) and a log of when each
+  request arrived, under ``/_config/faults`` and ``/_config/requests`` (``faults``).
 
 ``app`` puts it together: ``install()`` patches localstripe's resources, ``build_app()``
 builds the application, ``main()`` is the command line (``__main__``).
