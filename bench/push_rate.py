@@ -12,7 +12,8 @@ localstripe of its own, and builds N/2 offices with two one-off invoices each th
 (`python -m billing.tests.support.push_worker`, the Celery task's retry rule) push them with
 the real gateway and pacing on (`STRIPE_RATE_LIMIT_*`, a fresh account key so the bucket is
 new), and localstripe's request log (arrival times, devtools/localstripe/faults.py) gives
-the figures: achieved write rate ÷ limit (goal ≥ 0.9), the most writes in any 1 s window ÷
+the figures (with the time each request left its worker, recorded beside them:
+`PUSH_WORKER_SENDS`): achieved write rate ÷ limit (goal ≥ 0.9), the most writes in any 1 s window ÷
 limit (goal never above 1.0), the same for reads, 429s, and exactly-once checks. With
 `--inject-429 K`, K item writes answer 429 mid-way. It prints figures and asserts nothing.
 """
@@ -83,7 +84,13 @@ def per_second(times: list[float]) -> list[int]:
 
 
 def report(
-    *, args: argparse.Namespace, log: list[dict[str, Any]], ids: list[int], wall: float, workers: list[Any]
+    *,
+    args: argparse.Namespace,
+    log: list[dict[str, Any]],
+    ids: list[int],
+    wall: float,
+    workers: list[Any],
+    sends: list[tuple[float, str]],
 ) -> None:
     from billing.models import Invoice, PushState
 
@@ -109,6 +116,21 @@ def report(
         f"achieved write rate: {rate:.2f}/s over {span:.1f} s = {rate / args.write_rate:.3f} of the limit (goal ≥ 0.9)"
     )
     print(f"max writes in any 1 s window: {max_w} = {max_w / args.write_rate:.3f} of the limit (goal ≤ 1.0)")
+    if sends:
+        sent_w = [t for t, m in sends if m != "GET"]
+        sent_r = [t for t, m in sends if m == "GET"]
+        print(
+            f"  as sent by the workers (after their slot): {len(sent_w):,} writes, max in any 1 s window "
+            f"{max_in_window(sent_w)} = {max_in_window(sent_w) / args.write_rate:.3f}; reads {max_in_window(sent_r)} "
+            f"= {max_in_window(sent_r) / args.read_rate:.3f}"
+        )
+        # Arrival order at localstripe lags departure by its queue: how far behind it ran.
+        lag = sorted(a - s for a, s in zip(wt, sorted(sent_w), strict=False))
+        if lag:
+            print(
+                f"  localstripe read them {statistics.median(lag) * 1000:.0f} ms after they left (median), "
+                f"p99 {lag[int(len(lag) * 0.99) - 1] * 1000:.0f} ms"
+            )
     if rt:
         rspan = rt[-1] - rt[0]
         rrate = (len(rt) - 1) / rspan if rspan > 0 else float("nan")
@@ -132,14 +154,15 @@ def report(
 
 def run_workers(
     *, args: argparse.Namespace, ids: list[int], env: dict[str, str], folder: Path
-) -> tuple[float, list[Any]]:
+) -> tuple[float, list[Any], list[tuple[float, str]]]:
     procs = []
     started = time.monotonic()
     for k in range(args.workers):
         argv = [sys.executable, "-m", "billing.tests.support.push_worker", "--threads", str(args.threads)]
         argv += [str(i) for i in ids[k :: args.workers]]
         log = (folder / f"worker-{k}.log").open("wb")
-        procs.append((subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        own = {**env, "PUSH_WORKER_SENDS": str(folder / f"sends-{k}.json")}
+        procs.append((subprocess.Popen(argv, cwd=BASE_DIR, env=own, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, log in procs:
         proc.wait()
         log.close()
@@ -151,7 +174,12 @@ def run_workers(
             summaries.append(json.loads(lines[-1]))
         except (IndexError, ValueError):
             summaries.append({"exit": proc.returncode, "tail": lines[-5:]})
-    return wall, summaries
+    sends: list[tuple[float, str]] = []
+    for k in range(args.workers):
+        path = folder / f"sends-{k}.json"
+        if path.exists():
+            sends.extend((float(t), str(m)) for t, m in json.loads(path.read_text()))
+    return wall, summaries, sends
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"worker logs: {tmp}", flush=True)
         print(f"pushing with {args.workers} workers × {args.threads} threads …", flush=True)
-        wall, workers = run_workers(args=args, ids=ids, env=env, folder=Path(tmp))
+        wall, workers, sends = run_workers(args=args, ids=ids, env=env, folder=Path(tmp))
         log = requests.get(f"{url}/_config/requests", timeout=30).json()["data"]
-    report(args=args, log=log, ids=ids, wall=wall, workers=workers)
+    report(args=args, log=log, ids=ids, wall=wall, workers=workers, sends=sends)
     return 0
 
 

@@ -7,6 +7,10 @@ operations per second live, 25 in test mode, reads and writes counted apart).
   Buckets are per Stripe account and mode (a hash of the secret key; never the key) and
   per kind (`read` = GET, `write` = everything else). A caller *reserves* the next free
   slot and sleeps until it: callers queue in order, nobody polls.
+- Then, right before sending, the request is *confirmed* against a sliding log of the
+  last second's sends (a Redis sorted set, the same script style): at most `rate` requests
+  in any 1.05 s window, whatever the scheduler did to the sleepers. GCRA spaces the requests;
+  the log makes the promise hold when a late waker and an on-time one would bunch up.
 - A caller waits at most `STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS` for its slot; when the next
   free slot is further away, nothing is reserved and `SlotUnavailable` is raised (the
   gateway turns it into a transient error, which the push's retry path handles).
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import redis
@@ -39,11 +45,13 @@ READ = "read"
 WRITE = "write"
 KINDS = (READ, WRITE)
 BURST = 1  # requests let through back to back: 1 keeps every 1 s window at or under the rate
-# Slots are spaced 3% wider than the rate says: between its slot and Stripe a request
-# spends a varying few milliseconds (sleep overshoot, the network), and exactly spaced
-# slots would let that jitter put rate + 1 requests into some 1 s window at Stripe's end.
-# With the margin that takes more than 30 ms of jitter; the cost is 3% of the throughput.
-MARGIN = 0.03
+# Slots are spaced 5% wider than the rate says, and each send is confirmed against the
+# sends of the last 1.05 s: between its confirmation and Stripe a request spends a varying
+# few milliseconds (a thread descheduled, the network), and an exact 1 s schedule would let
+# that jitter put rate + 1 requests into some 1 s window at Stripe's end. With the margin
+# it takes more than 50 ms of jitter; the cost is 5% of the throughput.
+MARGIN = 0.05
+WINDOW = 1.0 + MARGIN  # seconds of the sliding log each send is confirmed against
 FAIL_OPEN_COOL_OFF = 5.0  # seconds without trying Redis after it failed
 REDIS_TIMEOUT = 0.5  # seconds: a Redis that does not answer costs a Stripe call at most this
 KEY_PREFIX = "stripe-pace"
@@ -79,6 +87,23 @@ if wait > tonumber(ARGV[3]) then return {0, wait} end
 local new_tat = tat + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 return {1, wait}
+"""
+
+# KEYS[1]: the bucket's log of sends (a sorted set scored in µs); ARGV: the window (µs),
+# the requests allowed in it, a unique member. Returns 0: recorded, send now; else the µs
+# until the oldest send leaves the window.
+CONFIRM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
 # KEYS[1]: the bucket; ARGV[1]: µs from now before anyone's next slot (never earlier than
@@ -117,6 +142,11 @@ class Budget:
     def interval(self) -> float:
         return (1.0 + MARGIN) / self.rate
 
+    @property
+    def per_window(self) -> int:
+        """Requests allowed in any 1 s window (at least one)."""
+        return max(1, int(self.rate))
+
 
 class LocalLimiter:
     """The same GCRA in this process' memory (monotonic clock): one box, one pace."""
@@ -124,6 +154,7 @@ class LocalLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
+        self._sent: dict[str, deque[float]] = {}
 
     def reserve(self, budget: Budget, max_wait: float) -> float | None:
         with self._lock:
@@ -134,6 +165,17 @@ class LocalLimiter:
                 return None
             self._tat[budget.bucket] = tat + budget.interval
             return wait
+
+    def confirm(self, budget: Budget) -> float:
+        with self._lock:
+            now = time.monotonic()
+            sent = self._sent.setdefault(budget.bucket, deque())
+            while sent and sent[0] <= now - WINDOW:
+                sent.popleft()
+            if len(sent) < budget.per_window:
+                sent.append(now)
+                return 0.0
+            return max(sent[0] + WINDOW - now, 1e-6)
 
     def hold(self, budget: Budget, seconds: float) -> None:
         with self._lock:
@@ -152,6 +194,7 @@ class RedisLimiter:
             url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30
         )
         self._reserve = self._client.register_script(RESERVE)
+        self._confirm = self._client.register_script(CONFIRM)
         self._hold = self._client.register_script(HOLD)
         self._down_until = 0.0
         self._lock = threading.Lock()
@@ -189,6 +232,18 @@ class RedisLimiter:
                 return int(wait_us) / 1e6 if int(granted) else None
         FAIL_OPEN.inc()
         return self.fallback.reserve(budget, max_wait)
+
+    def confirm(self, budget: Budget) -> float:
+        if self._usable():
+            args: list[str | int] = [round(WINDOW * 1e6), budget.per_window, secrets.token_hex(8)]
+            try:
+                wait_us = self._confirm(keys=[f"{budget.bucket}:sent"], args=args)
+            except redis.RedisError as exc:
+                self._failed(exc)
+            else:
+                self._answered()
+                return int(wait_us) / 1e6
+        return self.fallback.confirm(budget)  # counted once per request, by `reserve`
 
     def hold(self, budget: Budget, seconds: float) -> None:
         self.fallback.hold(budget, seconds)
@@ -243,19 +298,30 @@ def kind_of(method: str) -> str:
 
 
 def acquire(kind: str) -> float:
-    """Wait for this request's slot; the seconds waited. Raises SlotUnavailable when the
-    slot is further away than STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS (nothing reserved)."""
+    """Wait for this request's slot, then confirm it against the last second's sends; the
+    seconds waited. Raises SlotUnavailable when the slot is further away than
+    STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS (nothing reserved), or the confirmation keeps
+    failing past that wait (and a second)."""
     if not settings.STRIPE_RATE_LIMIT_ENABLED:
         return 0.0
     wanted = budget(kind)
     max_wait = float(settings.STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS)
-    wait = limiter().reserve(wanted, max_wait)
+    chosen = limiter()
+    started = time.monotonic()
+    wait = chosen.reserve(wanted, max_wait)
     if wait is None:
         REFUSED.labels(kind=kind).inc()
         raise SlotUnavailable(kind, max_wait)
     if wait > 0:
-        WAITED.labels(kind=kind).inc(wait)
         time.sleep(wait)
+    while (more := chosen.confirm(wanted)) > 0:
+        if time.monotonic() + more - started > max_wait + WINDOW:
+            REFUSED.labels(kind=kind).inc()
+            raise SlotUnavailable(kind, max_wait)
+        time.sleep(more)
+        wait += more
+    if wait > 0:
+        WAITED.labels(kind=kind).inc(wait)
     return wait
 
 
@@ -272,3 +338,4 @@ def reset_for_tests() -> None:
         _shared.clear()
     with _local._lock:
         _local._tat.clear()
+        _local._sent.clear()

@@ -7,7 +7,10 @@ It runs `billing.stripe.push.invoice_push` for each id (threads take ids from on
 retrying a transient error after a backoff as `invoice_push_task`'s autoretry would (a
 shorter one: tests and benchmarks cannot wait minutes), and prints one JSON line with what
 it did. Settings come from the environment (DJANGO_SETTINGS_MODULE, DATABASE_URL,
-STRIPE_API_BASE, STRIPE_SECRET_KEY, STRIPE_RATE_LIMIT_* …)."""
+STRIPE_API_BASE, STRIPE_SECRET_KEY, STRIPE_RATE_LIMIT_* …). With PUSH_WORKER_SENDS=<path>,
+it also writes there, as JSON, when each HTTP request left this process (after its pacing
+slot: stripe-python's requests client is wrapped, beneath the gateway's paced one) — what
+the limiter controls, apart from when a busy localstripe gets round to reading it."""
 
 from __future__ import annotations
 
@@ -21,6 +24,33 @@ from collections import Counter
 from typing import Any
 
 RETRIES = 8  # invoice_push_task's max_retries
+
+
+def max_in_window(times: list[float], width: float = 1.0) -> int:
+    """The most events in any half-open window [t, t + width) (two pointers over sorted times)."""
+    times = sorted(times)
+    best = start = 0
+    for end, t in enumerate(times):
+        while times[start] <= t - width:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def record_sends() -> list[tuple[float, str]]:
+    """Wrap stripe-python's requests client (the class the gateway's paced client extends):
+    every request's departure time and method, appended to the returned list."""
+    import stripe
+
+    sends: list[tuple[float, str]] = []
+    original = stripe.RequestsClient.request
+
+    def request(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        sends.append((time.time(), method.upper()))
+        return original(self, method, *args, **kwargs)
+
+    stripe.RequestsClient.request = request  # type: ignore[method-assign]
+    return sends
 
 
 def push_all(ids: list[int], *, threads: int) -> dict[str, Any]:
@@ -89,7 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
-    print(json.dumps(push_all(args.ids, threads=args.threads)), flush=True)
+    sends_path = os.environ.get("PUSH_WORKER_SENDS")
+    sends = record_sends() if sends_path else []
+    summary = push_all(args.ids, threads=args.threads)
+    if sends_path:
+        with open(sends_path, "w") as out:
+            json.dump(sends, out)
+    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
