@@ -9,17 +9,27 @@
   create a second object.
 - The PHI guard checks every outbound payload before it leaves; a refusal never reaches
   the network.
-- SDK errors are mapped to a small family: CardDeclined, Transient, Permanent.
+- SDK errors are mapped to a small family: CardDeclined, Transient, Permanent; an answer
+  with `Stripe-Should-Retry: false` is Permanent (retrying cannot change it).
+- Every HTTP request, stripe-python's own retries included, first takes a slot from the
+  shared rate limit (billing/stripe/pacing.py; reads and writes apart). A 429 is backed off
+  here (Retry-After if given, else exponential with jitter), every worker slowing down with
+  it; past STRIPE_RATE_LIMITED_RETRIES it is a Transient error (the push task retries).
 
 Nothing here runs inside a database transaction: callers commit first (billing.seam)."""
 
 from __future__ import annotations
 
+import email.utils
+import json
+import logging
 import os
+import random
 import ssl
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -32,6 +42,7 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 from audit.models import Outcome
 from audit.services import audit_record
 from billing.phi_guard import STRIPE_STRUCTURAL_PARAMS, PhiIndex, PhiRefused, phi_check
+from billing.stripe import pacing
 from offices.models import Office
 
 if TYPE_CHECKING:
@@ -46,6 +57,8 @@ if TYPE_CHECKING:
         InvoicePayParams,
     )
     from stripe.params.checkout import SessionCreateParams
+
+logger = logging.getLogger("billing.stripe")
 
 # Pinned in one place. Stripe webhooks and responses follow the version we send.
 STRIPE_API_VERSION = "2026-08-26.dahlia"
@@ -71,6 +84,11 @@ class Transient(GatewayError):
 
 class Permanent(GatewayError):
     pass
+
+
+class RateLimitWait(Transient):
+    """No request slot within STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS (our pacing): nothing was
+    sent; retried later like any transient error."""
 
 
 class OutsideTransactionRequired(RuntimeError):
@@ -137,6 +155,97 @@ def _plain_http(base: str | None) -> bool:
     )
 
 
+# Backing off from Stripe's 429 (stripe-python 15 retries a 429 only when Stripe says
+# `Stripe-Should-Retry: true`, with its own short delays, and ignores Retry-After).
+RATE_LIMITED_BACKOFF_BASE = 0.5  # seconds before the first retry, doubled at each one
+RATE_LIMITED_BACKOFF_MAX = 8.0
+RETRY_AFTER_MAX = 60.0  # a longer Retry-After is not waited for here, only held on the bucket
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A response header by name, whatever its case (requests' headers are case-insensitive,
+    a plain dict is not)."""
+    if not headers:
+        return None
+    found = headers.get(name)
+    if found is not None:
+        return str(found)
+    lowered = name.lower()
+    return next((str(v) for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def rate_limited_delay(headers: Mapping[str, str] | None, attempt: int) -> float:
+    """Seconds before retrying a 429: Retry-After (seconds or an HTTP date) when given,
+    else 0.5 s doubled per attempt up to 8 s, with jitter (half to all of it)."""
+    retry_after = (_header(headers, "retry-after") or "").strip()
+    if retry_after:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+            except (TypeError, ValueError):
+                seconds = -1.0
+        if seconds >= 0:
+            return min(seconds, RETRY_AFTER_MAX)
+    delay = min(RATE_LIMITED_BACKOFF_BASE * 2 ** (attempt - 1), RATE_LIMITED_BACKOFF_MAX)
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
+
+
+def _error_code(body: Any) -> str | None:
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+class PacedRequestsClient(stripe.RequestsClient):
+    """stripe-python's requests client with our pacing and 429 handling around every
+    attempt (stripe-python calls `request` once per attempt, its own retries included)."""
+
+    def request(  # type: ignore[override]  # RequestsClient's own signature (no _usage)
+        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        kind = pacing.kind_of(method)
+        retried = 0
+        while True:
+            try:
+                pacing.acquire(kind)
+            except pacing.SlotUnavailable as exc:
+                raise RateLimitWait(str(exc), code="pacing_wait") from exc
+            response = super().request(method, url, headers, post_data)
+            content, status, rheaders = response
+            if status != 429:
+                return response
+            if (_header(rheaders, "stripe-should-retry") or "").lower() == "false":
+                pacing.RATE_LIMITED.labels(kind=kind, outcome="not_retried").inc()
+                return response  # mapped to Permanent by _map_errors
+            delay = rate_limited_delay(rheaders, retried + 1)
+            if _error_code(content) != "lock_timeout":  # an object's lock, not the account's pace
+                pacing.hold(kind, delay)
+            if retried >= settings.STRIPE_RATE_LIMITED_RETRIES or delay > settings.STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS:
+                pacing.RATE_LIMITED.labels(kind=kind, outcome="given_up").inc()
+                logger.warning(
+                    "Stripe answered 429 to %s %s %d times: left to the task's retry", method, url, retried + 1
+                )
+                return response  # RateLimitError, mapped to Transient
+            retried += 1
+            pacing.RATE_LIMITED.labels(kind=kind, outcome="retried").inc()
+            logger.info("Stripe answered 429 to %s %s: retry %d in %.2f s", method, url, retried, delay)
+            time.sleep(delay)
+
+    def _should_retry(
+        self,
+        response: tuple[Any, int, Mapping[str, str] | None] | None,
+        api_connection_error: stripe.APIConnectionError | None,
+        num_retries: int,
+        max_network_retries: int | None,
+    ) -> bool:
+        if response is not None and response[1] == 429:
+            return False  # `request` has backed off already; retrying here would multiply attempts
+        return bool(super()._should_retry(response, api_connection_error, num_retries, max_network_retries))
+
+
 def http_session(*, ca_file: str | None = None, allow_plain_http: bool = False) -> requests.Session:
     """TLS 1.2+ on https://; plain http:// refused unless allowed (an http:// localstripe)."""
     session = requests.Session()
@@ -199,7 +308,7 @@ def client(*, api_base: str | None = None, ca_file: str | None = None) -> stripe
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": base} if base else None,
         max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
-        http_client=stripe.RequestsClient(timeout=timeout, session=session),
+        http_client=PacedRequestsClient(timeout=timeout, session=session),
     )
     cache[key] = (built, session)
     while len(cache) > _CLIENTS_PER_THREAD:
@@ -214,7 +323,7 @@ def configure_module_client() -> None:
     allow_plain_http = _plain_http(settings.STRIPE_API_BASE)  # refused before anything is set
     stripe.api_version = STRIPE_API_VERSION
     stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
-    stripe.default_http_client = stripe.RequestsClient(
+    stripe.default_http_client = PacedRequestsClient(
         timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
         session=http_session(allow_plain_http=allow_plain_http),
     )
@@ -236,6 +345,10 @@ def _map_errors(exc: stripe.StripeError) -> GatewayError:
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     if isinstance(exc, stripe.CardError):
         return CardDeclined(message, code=code)
+    if (_header(getattr(exc, "headers", None), "stripe-should-retry") or "").lower() == "false":
+        # Stripe says a retry cannot succeed (a 429 or 5xx that the same key would replay):
+        # a failure for an operator, not something to retry hourly.
+        return Permanent(message, code=code or "stripe_should_not_retry")
     if isinstance(exc, stripe.APIConnectionError) and not getattr(exc, "should_retry", True):
         # TLS refused, certificate not verified, interception: retrying cannot help, and an
         # invoice must not sit "pending" forever behind it. Fail loudly instead.

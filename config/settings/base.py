@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"  # SQLite files, the embedded broker's folders, localstripe's store
@@ -357,3 +358,30 @@ STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default="") or VAR_DIR / "stati
 # Rotating DJANGO_SECRET_KEY without logging everyone out: the previous key(s) here, comma
 # separated, still verify sessions and signed values until removed (docs/deploy.md).
 SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
+
+# --- Stripe pacing (issue 10: billing/stripe/pacing.py, docs/stripe.md "Pacing") ---------
+# Every Stripe request takes a slot from a rate limit shared by every worker on every
+# machine (Redis), reads and writes apart, per account and mode. Defaults: 90% of Stripe's
+# documented limits (100/s live, 25/s test mode), rounded down.
+STRIPE_RATE_LIMIT_ENABLED = env.bool("STRIPE_RATE_LIMIT_ENABLED", default=True)
+# Empty (as in .env.example) means the default for the key's mode.
+STRIPE_WRITE_RATE_PER_SECOND = float(
+    env.str("STRIPE_WRITE_RATE_PER_SECOND", default="") or (90 if STRIPE_LIVE_MODE else 22)
+)
+STRIPE_READ_RATE_PER_SECOND = float(
+    env.str("STRIPE_READ_RATE_PER_SECOND", default="") or (90 if STRIPE_LIVE_MODE else 22)
+)
+if STRIPE_WRITE_RATE_PER_SECOND <= 0 or STRIPE_READ_RATE_PER_SECOND <= 0:
+    raise ImproperlyConfigured("STRIPE_WRITE_RATE_PER_SECOND and STRIPE_READ_RATE_PER_SECOND must be above 0.")
+# Where the shared buckets live. Empty: CACHE_URL if it is Redis, else CELERY_BROKER_URL if
+# it is Redis, else none — each process then paces itself (right on one box, one worker).
+_redis_urls = [env.str("CACHE_URL", default=""), CELERY_BROKER_URL]
+STRIPE_RATE_LIMIT_REDIS_URL = env.str("STRIPE_RATE_LIMIT_REDIS_URL", default="") or next(
+    (url for url in _redis_urls if url.startswith(("redis://", "rediss://", "unix://"))), ""
+)
+# A request waits at most this long for its slot; beyond it nothing is sent and the call
+# fails as transient (the push task retries with backoff).
+STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS = env.float("STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS", default=10.0)
+# How often one call retries a 429 itself (Retry-After, else exponential backoff with
+# jitter) before failing as transient. `Stripe-Should-Retry: false` is never retried.
+STRIPE_RATE_LIMITED_RETRIES = env.int("STRIPE_RATE_LIMITED_RETRIES", default=3)

@@ -14,3 +14,8 @@ STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="") or "http://127.0.0.1:9"
 # the MFA tests (config/mfa/tests/) turn it on with override_settings. Not read from the
 # environment on purpose: a developer's .env must not change the suite.
 OPERATOR_MFA_REQUIRED = False
+
+# Stripe pacing (billing/stripe/pacing.py) is off: the suite's localstripes are not Stripe,
+# and CI's CACHE_URL is Redis, so every test process would share one 22/s budget. The
+# pacing tests (billing/tests/stripe/test_pacing*.py) turn it on with their own settings.
+STRIPE_RATE_LIMIT_ENABLED = False  # not from the environment: a .env must not change the suite

@@ -20,7 +20,9 @@ and where we differ):
 - a movable clock, ``POST /_config/clock`` (``frozen_time``), for backdated demo
   histories (``clock``);
 - the pickled store kept in the system temp folder (``TMPDIR``), written atomically:
-  localstripe itself hard-codes ``/tmp/localstripe.pickle`` (``store``).
+  localstripe itself hard-codes ``/tmp/localstripe.pickle`` (``store``);
+- for tests only: injected faults (e.g. 429 with ``Retry-After``) and a log of when each
+  request arrived, under ``/_config/faults`` and ``/_config/requests`` (``faults``).
 
 ``app`` puts it together: ``install()`` patches localstripe's resources, ``build_app()``
 builds the application, ``main()`` is the command line (``__main__``).

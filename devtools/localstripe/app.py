@@ -31,6 +31,7 @@ from devtools.localstripe.customers import (
     _subscription_init,
 )
 from devtools.localstripe.events import _event_init, _events_list
+from devtools.localstripe.faults import fault_middleware
 from devtools.localstripe.idempotency import _endpoint, _purge_idempotency, context_middleware, idempotency_middleware
 from devtools.localstripe.invoices import (
     INVOICE_DEFAULTS,
@@ -214,6 +215,7 @@ def build_app() -> web.Application:
     install()
     app = web.Application(
         middlewares=[
+            fault_middleware,  # tests: injected 429s and the request log (faults.py)
             context_middleware,
             idempotency_middleware,
             server.error_middleware,
@@ -241,9 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--from-scratch", action="store_true", help="ignore the store saved in $TMPDIR")
+    parser.add_argument(
+        "--in-memory", action="store_true", help="never save the store (benchmarks: pickling it on every write is slow)"
+    )
     args = parser.parse_args(argv)
 
     app = build_app()
+    if args.in_memory:
+        ls.Store.dump_to_disk = lambda self: None
     if not args.from_scratch:
         ls.store.try_load_from_disk()
     _purge_idempotency(time.time())

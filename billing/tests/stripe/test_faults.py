@@ -28,7 +28,7 @@ from offices.models import Office
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHI = ZoneInfo("America/Chicago")
-ATTEMPTS = 3  # one call: the first attempt and STRIPE_MAX_NETWORK_RETRIES = 2 retries
+ATTEMPTS = 3  # one call: the first attempt and 2 retries (STRIPE_MAX_NETWORK_RETRIES, STRIPE_RATE_LIMITED_RETRIES)
 CELERY_RETRIES = 3  # further invoice_push calls a test allows, as Celery's retries would make
 
 # The four Stripe writes of a push: (method, path regex).
@@ -38,8 +38,16 @@ STEPS: dict[str, tuple[str, str]] = {
     "item_create": ("POST", r"/v1/invoiceitems"),
     "finalize": ("POST", r"/v1/invoices/[^/]+/finalize"),
 }
-# Faults stripe-python itself retries (with the same key) inside one call.
-RETRIED_BY_CLIENT = [Fault.DELAY, Fault.ERROR_500, Fault.RATE_LIMITED_RETRY, Fault.RESET, Fault.DROP]
+# Faults retried (with the same key) inside one call: by stripe-python itself, and 429s by
+# the gateway (billing/stripe/gateway.py:PacedRequestsClient), with or without Stripe-Should-Retry.
+RETRIED_BY_CLIENT = [
+    Fault.DELAY,
+    Fault.ERROR_500,
+    Fault.RATE_LIMITED,
+    Fault.RATE_LIMITED_RETRY,
+    Fault.RESET,
+    Fault.DROP,
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,7 @@ def short_timeouts(settings):
     settings.STRIPE_READ_TIMEOUT_SECONDS = 1
     settings.STRIPE_CONNECT_TIMEOUT_SECONDS = 1
     settings.STRIPE_MAX_NETWORK_RETRIES = 2
+    settings.STRIPE_RATE_LIMITED_RETRIES = 2
 
 
 @pytest.fixture
@@ -208,36 +217,6 @@ def single_fault_on(step: str, fault: Fault, proxy, gateway: Gateway, direct) ->
     assert_one_stripe_invoice_each(direct, office, [cycle, setup])
 
 
-# --- a 429 that Stripe does not ask to retry ------------------------------------------------
-
-
-def test_it_surfaces_a_429_without_should_retry_as_transient_and_completes_on_the_next_push(
-    proxy, gateway, direct, subtests
-):
-    for step in STEPS:
-        with subtests.test(step=step):
-            office = billed_office(patients=1)
-            cycle, setup = finalized(office)
-            mark = proxy.mark()
-            proxy.script(*STEPS[step], Fault.RATE_LIMITED)
-
-            with pytest.raises(Transient):
-                invoice_push(invoice_id=cycle.pk, gateway=gateway)
-            local = Invoice.objects.get(pk=cycle.pk)
-            assert local.push_state == PushState.PENDING and local.push_error and local.push_attempts == 1
-            (hit,) = [r for r in proxy.since(mark) if r.fault == Fault.RATE_LIMITED]
-            assert len(same_key(proxy.since(mark), hit.idempotency_key)) == 1, "stripe-python must not retry it"
-
-            pushed = invoice_push(invoice_id=cycle.pk, gateway=gateway)  # the Celery retry
-            assert pushed.push_state == PushState.PUSHED and pushed.push_attempts == 2
-            invoice_push(invoice_id=setup.pk, gateway=gateway)
-            log = proxy.since(mark)
-            assert [r.fault for r in same_key(log, hit.idempotency_key)] == [Fault.RATE_LIMITED, Fault.PASS]
-            assert hit.idempotency_key.startswith(expected_key(step, office, cycle))
-            assert_every_write_is_keyed(log, office, [cycle, setup])
-            assert_one_stripe_invoice_each(direct, office, [cycle, setup])
-
-
 # --- every attempt of a call fails: the push stays pending, a later one completes it -------
 
 PERSISTENT: list[tuple[Fault, str]] = [
@@ -246,6 +225,7 @@ PERSISTENT: list[tuple[Fault, str]] = [
     (Fault.ERROR_500, "item_create"),
     (Fault.RESET, "finalize"),
     (Fault.RATE_LIMITED_RETRY, "customer_create"),
+    (Fault.RATE_LIMITED, "item_create"),
 ]
 
 

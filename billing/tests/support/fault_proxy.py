@@ -19,7 +19,8 @@ Faults:
   a slow network whose late original lands after the client's retry.
 - ``ERROR_500``: answer 500 ``api_error`` without forwarding.
 - ``RATE_LIMITED``: answer 429 ``rate_limit`` without forwarding (stripe-python does not
-  retry it); ``RATE_LIMITED_RETRY``: the same with ``Stripe-Should-Retry: true`` (it does).
+  retry it; our gateway does); ``RATE_LIMITED_RETRY``: the same with
+  ``Stripe-Should-Retry: true`` (both would; the gateway alone does).
 - ``RESET``: close the connection with a TCP reset, without forwarding or answering.
 - ``DROP``: forward (Stripe acts on it), then reset the connection instead of relaying:
   the request reached Stripe, the client never hears back.

@@ -68,8 +68,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _start(tmpdir: Path, port: int, *, from_scratch: bool, timeout: float) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "devtools.localstripe", "--port", str(port)]
+def _start(
+    tmpdir: Path, port: int, *, from_scratch: bool, timeout: float, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "devtools.localstripe", "--port", str(port), *extra]
     if from_scratch:
         argv.append("--from-scratch")
     log_path = tmpdir / f"localstripe-{port}.log"
@@ -95,13 +97,18 @@ def _start(tmpdir: Path, port: int, *, from_scratch: bool, timeout: float) -> su
 
 @contextlib.contextmanager
 def run_localstripe(
-    *, tmpdir: str | os.PathLike[str] | None = None, from_scratch: bool = True, timeout: float = START_TIMEOUT
+    *,
+    tmpdir: str | os.PathLike[str] | None = None,
+    from_scratch: bool = True,
+    timeout: float = START_TIMEOUT,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Start ``python -m devtools.localstripe --port <free> --from-scratch`` and yield
     its base URL; stop it (terminate, wait, kill) on exit.
 
     ``tmpdir``: the instance's TMPDIR (default: a new temporary folder, removed afterwards);
     pass one with ``from_scratch=False`` to reload the store a previous instance left there.
+    ``extra``: more command-line flags (e.g. ``("--in-memory",)`` for benchmarks).
     """
     own_tmpdir = tmpdir is None
     folder = Path(tempfile.mkdtemp(prefix="localstripe-")) if tmpdir is None else Path(tmpdir)
@@ -110,7 +117,7 @@ def run_localstripe(
         for attempt in range(1, START_ATTEMPTS + 1):
             port = free_port()
             try:
-                proc = _start(folder, port, from_scratch=from_scratch, timeout=timeout)
+                proc = _start(folder, port, from_scratch=from_scratch, timeout=timeout, extra=extra)
                 break
             except LocalstripeStartError:
                 if attempt == START_ATTEMPTS:
