@@ -844,6 +844,7 @@ class BillingRunAdmin(ReadOnlyAdminMixin, ModelAdmin):
         (None, {"fields": ("as_of_local", "trigger", "offices", "status", "started", "finished", "duration")}),
         ("Figures", {"fields": ("offices_due", "offices_done", "invoices_finalized", "invoices_opened",
                                 "lines_created", "amount", "error_count", "chunks")}),
+        ("Sent to Stripe", {"fields": ("push_progress",)}),
     )  # fmt: skip
     readonly_fields = (
         "as_of_local",
@@ -856,8 +857,20 @@ class BillingRunAdmin(ReadOnlyAdminMixin, ModelAdmin):
         *RUN_FIGURES,
         "amount",
         "chunks",
+        "push_progress",
     )
     inlines = (BillingRunErrorInline, BillingRunChunkInline)
+
+    @admin.display(description="Pushes of its invoices")
+    def push_progress(self, obj: BillingRun) -> str:
+        """Where the paced Stripe pushes of the run's invoices stand (billing/stripe/selectors.py)."""
+        from billing.stripe.selectors import run_push_progress
+
+        p = run_push_progress(obj)
+        if not p["total"]:
+            return "No invoice of this run is meant for Stripe."
+        text = f"{p['pushed']} of {p['total']} sent, {p['pending']} waiting, {p['failed']} refused"
+        return text + (f"; {p['rate']:.2f} a second over the last minute" if p["pending"] else "")
 
     @admin.display(description="As of", ordering="as_of")
     def as_of_local(self, obj: BillingRun) -> str:

@@ -670,6 +670,7 @@ def test_it_shows_a_billing_run_in_peoples_terms(world, operator_client):
     assert "Amount finalized" in html and "$150.00 USD" in html  # the second cycle, at the minimum
     assert "amount_finalized_cents" not in html and "cents" not in html.lower()
     assert "Work units done" in html and "1 of 1" in html
+    assert "0 of 1 sent, 1 waiting, 0 refused" in html  # the finalized cycle, not pushed here
     listing = page(operator_client, admin_url(BillingRun, "changelist"))
     assert "$150.00 USD" in listing
 
