@@ -36,6 +36,7 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
             ("Plan changes", "admin:billing_planchange_changelist", "billing.view_planchange", "swap_horiz"),
             ("Billing runs", "admin:billing_billingrun_changelist", "billing.view_billingrun", "event_repeat"),
             ("Run errors", "admin:billing_billingrunerror_changelist", "billing.view_billingrunerror", "error"),
+            ("Emails", "admin:notifications_outboundemail_changelist", "notifications.view_outboundemail", "mail"),
         ],
     ),
     (

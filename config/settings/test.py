@@ -10,3 +10,5 @@ STRIPE_PUSH_ENABLED = False  # tests that push start their own localstripe and e
 # Tests that talk to Stripe start their own localstripe and pass its URL.
 # (.ci/run's contract step exports the URL of the localstripe it starts.)
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="") or "http://127.0.0.1:9"
+# Emails: no after-commit dispatch messages to a broker; tests call the dispatcher themselves.
+NOTIFICATIONS_DISPATCH_AFTER_COMMIT = False
