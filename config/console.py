@@ -88,6 +88,12 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
             ("Audit chain head", "admin:audit_auditchainhead_changelist", "audit.view_auditchainhead", "link"),
             ("Audit anchors", "admin:audit_auditanchor_changelist", "audit.view_auditanchor", "anchor"),
             (
+                "Email dispatch cursor",
+                "admin:notifications_dispatchcursor_changelist",
+                "notifications.view_dispatchcursor",
+                "bookmark",
+            ),
+            (
                 "Scheduled tasks",
                 "admin:django_celery_beat_periodictask_changelist",
                 "django_celery_beat.view_periodictask",
