@@ -33,7 +33,7 @@ from audit.models import AuditChainHead, AuditEvent, Outcome
 from audit.services import audit_record, audit_seal
 from billing.documents import invoice_pdf
 from billing.dunning import grace_period, past_due_invoices
-from billing.models import Invoice
+from billing.models import Invoice, InvoiceStatus
 from billing.phi_guard import PhiRefused, invoice_tokens, phi_check
 from notifications import content
 from notifications.models import Attachment, DispatchCursor, EmailKind, EmailStatus, OutboundEmail
@@ -110,6 +110,8 @@ def _from_event(event: AuditEvent) -> OutboundEmail | None:
         invoice = Invoice.objects.select_related("office", "plan").get(pk=int(event.target_id))
         if content.is_zero_total(invoice):
             return None  # paid at finalization, nothing to collect (docs/payment-plan.md §12)
+        if invoice.status == InvoiceStatus.VOID:
+            return None  # voided before we got to it: there is nothing to pay
         return _insert(
             draft=content.invoice_issued(invoice),
             key=f"invoice_issued:{invoice.pk}",
@@ -118,6 +120,8 @@ def _from_event(event: AuditEvent) -> OutboundEmail | None:
         )
     if event.action == PAYMENT_FAILED:
         invoice = Invoice.objects.select_related("office").get(pk=int(event.target_id))
+        if invoice.status != InvoiceStatus.OPEN:
+            return None  # paid (a later attempt or out of band) or voided before we got to it
         attempt = event.data.get("attempt_count")
         which = f"attempt-{int(attempt)}" if isinstance(attempt, int) else f"event-{event.data.get('event_id')}"
         since = invoice.office.past_due_since

@@ -132,7 +132,9 @@ if not (globals().get("EMAIL_USE_TLS") or globals().get("EMAIL_USE_SSL")) and gl
         "only a relay on this host may be reached without it."
     )
 _sender_domain = DEFAULT_FROM_EMAIL.strip().rstrip(">").rpartition("@")[2].lower()
-if not env.str("DEFAULT_FROM_EMAIL", default="").strip() or _sender_domain in ("", "localhost") or (
-    _sender_domain.endswith(".example")
+if (
+    not env.str("DEFAULT_FROM_EMAIL", default="").strip()
+    or _sender_domain in ("", "localhost")
+    or (_sender_domain.endswith(".example"))
 ):
     raise ImproperlyConfigured("DEFAULT_FROM_EMAIL must be set in production: the sender of the offices' emails.")

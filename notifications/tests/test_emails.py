@@ -356,3 +356,12 @@ def test_the_beat_schedule_runs_the_dispatcher(smtp, settings):
         result = notifications_dispatch_task.apply().get()
     assert result["sent"] == 2
     assert all(e.task_id for e in AuditEvent.objects.filter(action="email.sent"))
+
+
+def test_it_does_not_mail_an_invoice_voided_before_its_email_was_made(smtp):
+    office, setup_fee = send_invoice_office()
+    with at(datetime(2026, 4, 10, 2, tzinfo=CHI)):
+        invoice_void(invoice=setup_fee, actor=operator(), reason="issued in error")
+    dispatch(datetime(2026, 4, 10, 3, tzinfo=CHI))
+    assert [r.invoice_id for r in emails()] == [Invoice.objects.get(office=office, kind="cycle", status="open").pk]
+    assert len(smtp.received) == 1
