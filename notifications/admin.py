@@ -1,20 +1,43 @@
 """The console's page of emails (spec §12, emails; docs/console.md): read-only — subject,
 recipient, status, times in the office's zone, the text and HTML bodies as sent. Rows stuck
-in `sending` (may or may not have been delivered) are filtered by "Stuck in sending"."""
+in `sending` (may or may not have been delivered) are filtered by "Stuck in sending"; the one
+action, for them only, records an operator's verdict through `outbound_email_resolve_stuck`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin
 
-from config.admin_mixins import ReadOnlyAdminMixin
+from billing.phi_guard import audited_refusals
+from config.admin_mixins import ConsoleFormMixin, ReadOnlyAdminMixin
+from config.errors import ApplicationError
 from notifications.models import DispatchCursor, EmailStatus, OutboundEmail
 from notifications.selectors import emails_for_console, local_time
+from notifications.services import outbound_email_resolve_stuck
+
+
+class ResolveStuckForm(ConsoleFormMixin, forms.Form):
+    """What the mail server's log says about emails stuck in `sending`."""
+
+    verdict = forms.ChoiceField(
+        choices=[
+            ("delivered", "Delivered: the server's log shows it accepted (mark as sent)"),
+            ("not_delivered", "Not delivered: the server's log has no trace of it (send it again)"),
+        ]
+    )
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required; kept in the audit trail (e.g. what the log shows). No patient information.",
+    )
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -61,6 +84,48 @@ class OutboundEmailAdmin(ReadOnlyAdminMixin, ModelAdmin):
         "body_html_shown",
     )
     readonly_fields = fields
+    actions = ["resolve_stuck"]
+
+    def has_resolve_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("notifications.change_outboundemail"))
+
+    @admin.action(description="Resolve emails stuck in sending…", permissions=("resolve",))
+    def resolve_stuck(self, request: HttpRequest, queryset: QuerySet[OutboundEmail]) -> HttpResponse | None:
+        """Record, after reading the mail server's log, whether stuck emails were delivered
+        (→ sent) or not (→ sent again by the next dispatch); audited with the reason (spec §12)."""
+        rows = list(queryset.select_related("office").order_by("pk"))
+        form = ResolveStuckForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            done = 0
+            for row in rows:
+                try:
+                    with audited_refusals(office_id=row.office_id, actor=request.user, context="email.resolve"):
+                        outbound_email_resolve_stuck(
+                            email_id=row.pk,
+                            actor=request.user,
+                            delivered=form.cleaned_data["verdict"] == "delivered",
+                            reason=form.cleaned_data["reason"],
+                        )
+                except ApplicationError as exc:
+                    self.message_user(request, exc.message, messages.WARNING)
+                else:
+                    done += 1
+            if done:
+                self.message_user(request, f"Resolved {done} email(s).", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Resolve {len(rows)} email(s) stuck in sending",
+            "opts": self.model._meta,
+            "rows": [
+                {"pk": r.pk, "label": str(r), "subject": r.subject, "claimed": local_time(r, r.claimed_at)}
+                for r in rows
+            ],
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/notifications/resolve_stuck.html", context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[OutboundEmail]:
         return emails_for_console()

@@ -35,6 +35,7 @@ from billing.documents import invoice_pdf
 from billing.dunning import grace_period, past_due_invoices
 from billing.models import Invoice, InvoiceStatus
 from billing.phi_guard import PhiRefused, invoice_tokens, phi_check
+from config.errors import ApplicationError, ConflictError
 from notifications import content
 from notifications.models import Attachment, DispatchCursor, EmailKind, EmailStatus, OutboundEmail
 from offices.models import Office, SubscriptionStatus
@@ -452,6 +453,34 @@ def outbound_emails_report_stuck(*, now: datetime) -> int:
         )
         logger.error("email %s (%s) stuck in sending: check delivery before anything else", email.pk, email.kind)
     return len(stuck)
+
+
+@transaction.atomic
+def outbound_email_resolve_stuck(*, email_id: int, actor: Any, delivered: bool, reason: str) -> OutboundEmail:
+    """An operator's verdict on an email stuck in `sending`, after reading the mail server's
+    log for its Message-ID: delivered → `sent` (as of its claim); not delivered → `pending`
+    again, sent by the next dispatch. The reason (free text, PHI-guarded) is audited."""
+    email = OutboundEmail.objects.select_for_update().select_related("office").get(pk=email_id)
+    if email.status != EmailStatus.SENDING or email.stuck_reported_at is None:
+        raise ConflictError(f"Email {email.pk} is {email.status}, not stuck in sending: nothing to resolve.")
+    reason = reason.strip()
+    if not reason:
+        raise ApplicationError("Say what the mail server's log shows.", {"field": "reason"})
+    phi_check(office=email.office, fields={"reason": reason})
+    if delivered:
+        email.status, email.sent_at = EmailStatus.SENT, email.claimed_at
+    else:
+        email.status, email.next_attempt_at, email.stuck_reported_at = EmailStatus.PENDING, None, None
+    email.save(update_fields=["status", "sent_at", "next_attempt_at", "stuck_reported_at", "updated_at"])
+    audit_record(
+        action="email.resolved",
+        actor=actor,
+        target=email,
+        office_id=email.office_id,
+        reason=reason,
+        data={"kind": email.kind, "delivered": delivered},
+    )
+    return email
 
 
 def notifications_dispatch(*, now: datetime | None = None, send: bool = True) -> DispatchStats:

@@ -5,7 +5,7 @@ SMTP over TLS and a real sender."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -112,3 +112,65 @@ def test_it_refuses_to_start_in_production_without_smtp(overrides: dict[str, str
     assert result.returncode != 0, f"production started with {overrides}"
     assert "ImproperlyConfigured" in result.stderr
     assert named in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+@pytest.mark.django_db
+def test_it_lets_an_operator_resolve_stuck_emails_after_checking_the_mail_log(
+    smtp, client: Client, monkeypatch
+) -> None:
+    """Two emails stuck in `sending` (the process died after the hand-over; simulated, as in
+    test_emails.py): one the log shows delivered (→ sent, nothing sent again), one it does
+    not (→ sent again once, with the same Message-ID). Each verdict is audited with its reason."""
+    import notifications.services as services
+    from audit.models import AuditEvent
+    from notifications.models import EmailStatus
+
+    billed_office(patients=1)
+    real_mark = services._mark
+
+    def dies_when_marking_sent(*, email, status, now, **fields):
+        if status == EmailStatus.SENT:
+            raise SystemExit("worker killed")
+        return real_mark(email=email, status=status, now=now, **fields)
+
+    monkeypatch.setattr(services, "_mark", dies_when_marking_sent)
+    start = datetime(2026, 4, 10, 7, tzinfo=CHI)
+    for _ in range(2):
+        with pytest.raises(SystemExit), at(start):
+            notifications_dispatch()
+    monkeypatch.setattr(services, "_mark", real_mark)
+    delivered, lost = OutboundEmail.objects.order_by("id")
+    assert {delivered.status, lost.status} == {EmailStatus.SENDING} and len(smtp.received) == 2
+    with at(start + timedelta(minutes=20)):
+        assert notifications_dispatch().stuck_reported == 2
+    user = get_user_model().objects.create_superuser("op", "op@example.com", "pw")
+    url = reverse("admin:notifications_outboundemail_changelist")
+    with at(start + timedelta(minutes=30)):
+        client.force_login(user)
+        page = client.post(url, {"action": "resolve_stuck", "_selected_action": [delivered.pk]})
+        assert page.status_code == 200 and "Record the verdict" in page.content.decode()
+        for row, verdict in ((delivered, "delivered"), (lost, "not_delivered")):
+            answer = client.post(
+                url,
+                {
+                    "action": "resolve_stuck",
+                    "_selected_action": [row.pk],
+                    "apply": "1",
+                    "verdict": verdict,
+                    "reason": "checked the relay log",
+                },
+            )
+            assert answer.status_code == 302
+        notifications_dispatch()
+        notifications_dispatch()
+    delivered.refresh_from_db()
+    lost.refresh_from_db()
+    assert (delivered.status, delivered.sent_at) == (EmailStatus.SENT, delivered.claimed_at)
+    assert lost.status == EmailStatus.SENT and len(smtp.received) == 3
+    again = [m for m in smtp.received if m["Subject"] == lost.subject]
+    assert len(again) == 2 and again[0]["Message-ID"] == again[1]["Message-ID"]
+    verdicts = AuditEvent.objects.filter(action="email.resolved").order_by("id")
+    assert [(e.actor_id, e.reason, e.data["delivered"]) for e in verdicts] == [
+        (str(user.pk), "checked the relay log", True),
+        (str(user.pk), "checked the relay log", False),
+    ]
