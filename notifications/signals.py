@@ -5,18 +5,32 @@ arriving. The billing engine is not touched: every path that audits the event is
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.signals import post_save
 
+# Requests within this many seconds share one dispatch, run when the window ends: a billing
+# run finalizing thousands of invoices asks for a handful of dispatches, not thousands.
+COALESCE_SECONDS = 5.0
+_window_ends = 0.0
+_window_lock = threading.Lock()
+
 
 def _publish() -> None:
+    global _window_ends
     from billing.stripe.publisher import publisher
     from notifications.tasks import notifications_dispatch_task
 
-    publisher.submit(notifications_dispatch_task)
+    with _window_lock:
+        now = time.monotonic()
+        if now < _window_ends:
+            return  # the dispatch already asked for runs after this commit
+        _window_ends = now + COALESCE_SECONDS
+    publisher.submit(notifications_dispatch_task.s().set(countdown=COALESCE_SECONDS))
 
 
 def request_dispatch() -> None:

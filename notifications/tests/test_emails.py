@@ -331,9 +331,13 @@ def test_it_mails_a_credit_note_through_the_hook_once(smtp, django_capture_on_co
 # --- Triggered after commit, and by beat ----------------------------------------------------
 
 
-def test_it_dispatches_after_the_commit_of_a_relevant_audit_entry(smtp, settings, django_capture_on_commit_callbacks):
+def test_it_dispatches_after_the_commit_of_a_relevant_audit_entry(
+    smtp, settings, django_capture_on_commit_callbacks, monkeypatch
+):
     from config.celery_app import app
+    from notifications import signals
 
+    monkeypatch.setattr(signals, "COALESCE_SECONDS", 0.0)  # each commit its own dispatch here
     settings.NOTIFICATIONS_DISPATCH_AFTER_COMMIT = True
     app.conf.task_always_eager = True  # the published task runs in this thread
     try:
@@ -365,3 +369,22 @@ def test_it_does_not_mail_an_invoice_voided_before_its_email_was_made(smtp):
     dispatch(datetime(2026, 4, 10, 3, tzinfo=CHI))
     assert [r.invoice_id for r in emails()] == [Invoice.objects.get(office=office, kind="cycle", status="open").pk]
     assert len(smtp.received) == 1
+
+
+def test_it_coalesces_the_dispatch_requests_of_many_commits(settings, monkeypatch, django_capture_on_commit_callbacks):
+    """A burst of commits (a billing run) asks for one dispatch per window, delayed to the
+    window's end so that it covers them all."""
+    from billing.stripe.publisher import publisher
+    from notifications import signals
+
+    settings.NOTIFICATIONS_DISPATCH_AFTER_COMMIT = True
+    monkeypatch.setattr(signals, "COALESCE_SECONDS", 60.0)
+    monkeypatch.setattr(signals, "_window_ends", 0.0)
+    published = []
+    monkeypatch.setattr(publisher, "submit", lambda task, *args: published.append(task))  # no broker here
+    for _ in range(50):  # fifty transactions, each asking after its commit
+        with django_capture_on_commit_callbacks(execute=True):
+            signals.request_dispatch()
+            signals.request_dispatch()
+    [task] = published
+    assert task.task == "notifications.tasks.notifications_dispatch_task" and task.options["countdown"] == 60.0
