@@ -124,7 +124,14 @@ def _from_event(event: AuditEvent) -> OutboundEmail | None:
         if invoice.status != InvoiceStatus.OPEN:
             return None  # paid (a later attempt or out of band) or voided before we got to it
         attempt = event.data.get("attempt_count")
-        which = f"attempt-{int(attempt)}" if isinstance(attempt, int) else f"event-{event.data.get('event_id')}"
+        event_id = event.data.get("event_id")
+        which = (
+            f"attempt-{attempt}"
+            if isinstance(attempt, int)
+            else f"event-{event_id}"
+            if event_id
+            else f"seq-{event.seq}"
+        )
         since = invoice.office.past_due_since
         return _insert(
             draft=content.payment_failed(
@@ -212,6 +219,8 @@ def suspension_warnings_sweep(*, now: datetime) -> int:
     before suspension get one warning per oldest invoice (spec §12, emails; §8 dunning)."""
     grace = grace_period()
     warn = timedelta(days=settings.BILLING_SUSPENSION_WARNING_DAYS)
+    if warn <= timedelta(0):
+        return 0  # 0 turns the warning off
     offices = Office.objects.filter(
         subscription_status=SubscriptionStatus.PAST_DUE,
         past_due_since__isnull=False,
