@@ -36,6 +36,7 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
             ("Plan changes", "admin:billing_planchange_changelist", "billing.view_planchange", "swap_horiz"),
             ("Billing runs", "admin:billing_billingrun_changelist", "billing.view_billingrun", "event_repeat"),
             ("Run errors", "admin:billing_billingrunerror_changelist", "billing.view_billingrunerror", "error"),
+            ("Emails", "admin:notifications_outboundemail_changelist", "notifications.view_outboundemail", "mail"),
         ],
     ),
     (
@@ -92,6 +93,12 @@ SECTIONS: list[tuple[str, bool, list[Entry]]] = [
             ),
             ("Audit chain head", "admin:audit_auditchainhead_changelist", "audit.view_auditchainhead", "link"),
             ("Audit anchors", "admin:audit_auditanchor_changelist", "audit.view_auditanchor", "anchor"),
+            (
+                "Email dispatch cursor",
+                "admin:notifications_dispatchcursor_changelist",
+                "notifications.view_dispatchcursor",
+                "bookmark",
+            ),
             (
                 "Scheduled tasks",
                 "admin:django_celery_beat_periodictask_changelist",

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "billing",
     "compliance",
     "ops",  # health checks and metrics (issue 12, item 6)
+    "notifications",  # emails to the office's billing contact (spec §12)
 ]
 
 MIDDLEWARE = [
@@ -385,3 +386,36 @@ STRIPE_RATE_LIMIT_MAX_WAIT_SECONDS = env.float("STRIPE_RATE_LIMIT_MAX_WAIT_SECON
 # How often one call retries a 429 itself (Retry-After, else exponential backoff with
 # jitter) before failing as transient. `Stripe-Should-Retry: false` is never retried.
 STRIPE_RATE_LIMITED_RETRIES = env.int("STRIPE_RATE_LIMITED_RETRIES", default=3)
+
+# --- Emails (notifications/, spec §12) ------------------------------------------------
+# SMTP from EMAIL_URL (django-environ: smtp+tls://user:password@host:587 for STARTTLS,
+# smtp+ssl://…:465 for implicit TLS) or from EMAIL_HOST / EMAIL_PORT / EMAIL_HOST_USER / EMAIL_HOST_PASSWORD /
+# EMAIL_USE_TLS / EMAIL_USE_SSL. With neither, messages go to the console (development and
+# `make run`; they are also in the operator console). Production refuses to start without SMTP.
+EMAIL_URL = env.str("EMAIL_URL", default="")
+EMAIL_HOST = env.str("EMAIL_HOST", default="")
+if EMAIL_URL:
+    vars().update(env.email_url_config(EMAIL_URL))
+elif EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env.int("EMAIL_PORT", default=587)
+    EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+    EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+    EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=True)
+    EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)  # seconds; a server that never answers fails the attempt
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default=BILLING_VENDOR["email"])
+# Warn an office this many days before it would be suspended (past due + BILLING_GRACE_DAYS).
+BILLING_SUSPENSION_WARNING_DAYS = env.int("BILLING_SUSPENSION_WARNING_DAYS", default=3)
+# Attempts before a message the server keeps refusing for now (4xx, down) is marked failed.
+NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=10)
+# A message in `sending` this long: its process died around the hand-over; reported, never resent.
+NOTIFICATIONS_SENDING_STUCK_MINUTES = env.int("NOTIFICATIONS_SENDING_STUCK_MINUTES", default=15)
+# Also ask for a dispatch right after the commit of a relevant audit entry (beat is the guarantee).
+NOTIFICATIONS_DISPATCH_AFTER_COMMIT = env.bool("NOTIFICATIONS_DISPATCH_AFTER_COMMIT", default=True)
+CELERY_BEAT_SCHEDULE["notifications-dispatch"] = {
+    "task": "notifications.tasks.notifications_dispatch_task",
+    "schedule": float(env.int("NOTIFICATIONS_DISPATCH_SECONDS", default=300)),
+}

@@ -137,3 +137,31 @@ CSRF_COOKIE_SECURE = True
 CSRF_COOKIE_HTTPONLY = True  # Swagger UI and the admin take the token from the page, not the cookie
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_NAME = "__Host-csrftoken"
+
+# --- Emails (notifications/, spec §12) ------------------------------------------------
+# The offices' billing emails (invoices, failed payments, suspension) must really leave:
+# no console or in-memory backend, an SMTP server from EMAIL_URL or EMAIL_HOST, TLS to it
+# (STARTTLS or implicit) unless it is a relay on this host, and a real sender address.
+from config.settings.base import DEFAULT_FROM_EMAIL, EMAIL_BACKEND  # noqa: E402
+
+if EMAIL_BACKEND != "django.core.mail.backends.smtp.EmailBackend" or not globals().get("EMAIL_HOST"):
+    raise ImproperlyConfigured(
+        "EMAIL_URL (e.g. smtp+tls://user:password@smtp.example.com:587) or EMAIL_HOST must name an SMTP "
+        "server in production: the offices' billing emails would otherwise never leave."
+    )
+if not (globals().get("EMAIL_USE_TLS") or globals().get("EMAIL_USE_SSL")) and globals()["EMAIL_HOST"] not in (
+    "localhost",
+    "127.0.0.1",
+    "::1",
+):
+    raise ImproperlyConfigured(
+        "EMAIL_URL must use TLS in production (smtp+tls:// or smtps://, or EMAIL_USE_TLS / EMAIL_USE_SSL): "
+        "only a relay on this host may be reached without it."
+    )
+_sender_domain = DEFAULT_FROM_EMAIL.strip().rstrip(">").rpartition("@")[2].lower()
+if (
+    not env.str("DEFAULT_FROM_EMAIL", default="").strip()
+    or _sender_domain in ("", "localhost")
+    or (_sender_domain.endswith(".example"))
+):
+    raise ImproperlyConfigured("DEFAULT_FROM_EMAIL must be set in production: the sender of the offices' emails.")

@@ -239,6 +239,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 STRIPE_MAX_NETWORK_RETRIES="0",
                 STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
                 LOG_LEVEL="WARNING",
+                # The queue is counted message by message: no email dispatch requests in it.
+                NOTIFICATIONS_DISPATCH_AFTER_COMMIT="false",
             )
             seed = shell_json(env, SEED)
             with AppServer.start(env, Path(folder)) as app:

@@ -364,6 +364,9 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         "STRIPE_PUSH_ENABLED": "true",
         "CACHE_URL": "locmemcache://",
         "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'unused-production-check.sqlite3'}",
+        # The offices' emails (notifications/): production refuses to start without SMTP over TLS.
+        "EMAIL_URL": "smtp+tls://mailer:" + secrets.token_hex(8) + "@smtp.billing.example.com:587",
+        "DEFAULT_FROM_EMAIL": "Clinic billing <billing@billing.example.com>",
     }
     for name, value in overrides.items():
         if value is None:
