@@ -43,5 +43,5 @@ class ConsoleFormMixin:
                     choices = getattr(field.widget, "choices", None)
                     field.widget = themed(attrs=field.widget.attrs)  # type: ignore[attr-defined]
                     if choices is not None:  # a select or radio keeps its options
-                        field.widget.choices = choices  # type: ignore[attr-defined]
+                        field.widget.choices = choices
                     break
