@@ -287,7 +287,8 @@ def test_it_serves_the_console_the_api_and_webhooks_under_gunicorn_with_producti
     access_log = stack.web.log(100_000)
     assert "canary-query-string" not in access_log
     assert '"POST /stripe/webhook/ HTTP/1.1" 200' in access_log
-    assert re.search(r'"GET /admin/mfa/enrol/ HTTP/1.1" 200 \d+ \d+ms rid=[0-9a-f-]{8,}', access_log), access_log[-2000:]
+    enrol_line = r'"GET /admin/mfa/enrol/ HTTP/1.1" 200 \d+ \d+ms rid=[0-9a-f-]{8,}'
+    assert re.search(enrol_line, access_log), access_log[-2000:]
 
 
 def test_it_refuses_to_boot_gunicorn_with_production_settings_missing_a_secret(tmp_path: Path) -> None:
