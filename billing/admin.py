@@ -1117,7 +1117,7 @@ class BillingOfficeAdmin(OfficeActionsMixin, OfficeAdmin):
             ("Last payment", local_minute(status.last_payment_at, tz) if status.last_payment_at else "—"),
             ("Active patients", str(active)),
             ("Collection", obj.get_collection_method_display()),
-            ("Stripe customer", obj.payment_provider_customer_id or "not created yet"),
+            ("Stripe customer", stripe_customer_link(obj.payment_provider_customer_id)),
             ("Time zone", tz),
         ]
         return format_html(
@@ -1283,6 +1283,22 @@ class BillingOfficeAdmin(OfficeActionsMixin, OfficeAdmin):
             "cancel_url": reverse("admin:offices_office_change", args=[office.pk]),
         }
         return TemplateResponse(request, "admin/billing/one_off_invoice.html", context)
+
+
+def stripe_customer_link(customer_id: str | None) -> str:
+    """The office's Stripe customer id, linked to Stripe's dashboard when STRIPE_DASHBOARD_URL
+    says where it is (e.g. https://dashboard.stripe.com/test)."""
+    if not customer_id:
+        return "not created yet"
+    base = str(getattr(settings, "STRIPE_DASHBOARD_URL", "") or "").rstrip("/")
+    if not base:
+        return customer_id
+    return format_html(
+        '<a href="{}/customers/{}" class="text-primary-600" rel="noopener noreferrer" target="_blank">{}</a>',
+        base,
+        customer_id,
+        customer_id,
+    )
 
 
 def _when(moment: datetime) -> str:

@@ -222,3 +222,10 @@ def test_it_offers_every_choice_on_the_action_pages(operator, plans):
     setup_fee = Invoice.objects.get(office=office, kind=InvoiceKind.ONE_OFF)
     record = operator.get(reverse("admin:billing_invoice_changelist") + f"{setup_fee.pk}/record-payment/")
     assert 'value="cheque"' in record.content.decode() and 'value="wire"' in record.content.decode()
+
+
+def test_it_links_the_stripe_customer_where_the_dashboard_is_configured(operator, plans, settings):
+    office = OfficeFactory(payment_provider_customer_id="cus_Hub123")
+    assert 'href="' not in buttons(operator, office).split("cus_Hub123")[0][-200:]  # no dashboard: plain id
+    settings.STRIPE_DASHBOARD_URL = "https://dashboard.stripe.com/test/"
+    assert 'href="https://dashboard.stripe.com/test/customers/cus_Hub123"' in buttons(operator, office)

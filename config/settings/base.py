@@ -146,6 +146,8 @@ STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_localstripe000
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_WEBHOOK_SECRET_NEXT = env.str("STRIPE_WEBHOOK_SECRET_NEXT", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # localstripe in development and tests
+# Where operators open an office's customer in Stripe (the console links its id); empty: no link.
+STRIPE_DASHBOARD_URL = env.str("STRIPE_DASHBOARD_URL", default="")
 STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=5.0)
 STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=30.0)
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)

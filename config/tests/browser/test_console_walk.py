@@ -180,6 +180,16 @@ def test_it_walks_the_console_without_errors_or_phi(
     invoices_csv = open(download.value.path(), encoding="utf-8").read()  # noqa: SIM115
     assert all(str(invoice.number) in invoices_csv for invoice in invoices)
 
+    # The audit trail: every entry of the list ("select all"), as CSV.
+    page.goto(f"{live_server.url}{reverse('admin:audit_auditevent_changelist')}")
+    page.locator("input#action-toggle").check()
+    page.locator('select[name="action"]').select_option("export_csv")
+    with page.expect_download() as download:
+        page.locator('button[name="index"]').click()
+    audit_csv = open(download.value.path(), encoding="utf-8").read()  # noqa: SIM115
+    assert audit_csv.splitlines()[0].startswith("id,ts,actor_type,") and "invoice.voided" in audit_csv
+    assert not phi_found(audit_csv, patients)
+
     # The aging report from the overview's link, as the logged-in operator.
     page.goto(f"{live_server.url}{reverse('admin:index')}")
     href = page.get_by_role("link", name=re.compile("Download every office")).get_attribute("href")
