@@ -10,3 +10,11 @@ STRIPE_PUSH_ENABLED = False  # tests that push start their own localstripe and e
 # Tests that talk to Stripe start their own localstripe and pass its URL.
 # (.ci/run's contract step exports the URL of the localstripe it starts.)
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="") or "http://127.0.0.1:9"
+
+# --- Audit chain (issue 12) ---
+# A fixed, non-secret key: tests that rotate keys override it.
+AUDIT_HMAC_KEYS = "test:dev-only-audit-hmac-key-for-tests-0123456789"
+# Django's test flush truncates the audit tables between transactional tests; the
+# high-water mark sequence (which outlives TRUNCATE on purpose) is reset with it, or the
+# next test would see a truncated chain. Never in production (production.py refuses it).
+AUDIT_RESET_HWM_ON_FLUSH = True
