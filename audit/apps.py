@@ -42,9 +42,13 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here: these modules touch models, which must not load at import time.
+        from django.core.checks import register
+
         from audit import signals
         from audit.auditlog_registry import register_models
+        from audit.checks import check_database_roles
 
+        register(check_database_roles, "database_roles", deploy=True)
         signals.connect()
         register_models()
         post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="audit.create_cache_table")
