@@ -320,11 +320,13 @@ def test_it_flags_a_backdated_row_when_sealing_and_verify_reports_it() -> None:
     report = verify_chain()
     assert report.ok  # the chain holds …
     assert [(f.seq, f.entry_id) for f in report.findings] == [(4, forged.pk)]  # … but the entry is reported
-    out = io.StringIO()
-    with pytest.raises(CommandError, match="1 finding") as failure:
-        call_command("verify_audit_chain", stdout=out)
+    out, err = io.StringIO(), io.StringIO()
+    call_command("verify_audit_chain", stdout=out, stderr=err)  # a warning by default …
+    assert out.getvalue().startswith("OK: audit chain intact") and "1 finding(s)" in out.getvalue()
+    assert f"FINDING: seq 4 (entry id {forged.pk}): backdated" in err.getvalue()
+    with pytest.raises(CommandError, match="1 finding") as failure:  # … a failure when asked
+        call_command("verify_audit_chain", "--fail-on-findings", stdout=io.StringIO(), stderr=io.StringIO())
     assert failure.value.returncode == 3
-    assert f"FINDING: seq 4 (entry id {forged.pk}): backdated" in out.getvalue()
 
 
 def test_it_accepts_entries_out_of_order_within_the_tolerance() -> None:

@@ -1,9 +1,10 @@
 """`manage.py verify_audit_chain [--seal-first] [--anchors-log PATH]` (spec §9): detect any
 edit, deletion, insertion or truncation of the audit trail.
 
-Exit status: 0 intact; 1 broken (the first break is named); 3 intact but with findings
-(backdated entries, listed). `--anchors-log` compares the chain with the `audit.anchor`
-lines of the application log, the copy of the anchors kept outside the database.
+Exit status: 0 intact; 1 broken (the first break is named). Findings (entries whose time
+runs backwards along the chain) are listed as warnings — the chain holds, the entries' times
+are not credible — and with `--fail-on-findings` exit with status 3. `--anchors-log` compares
+the chain with the `audit.anchor` lines of the application log, the copy of the anchors kept outside the database.
 
 Read-only: it writes nothing, not even an audit entry of its own outcome (verification
 must not change what it verifies). `--seal-first` is the one exception: it runs the
@@ -35,6 +36,12 @@ class Command(BaseCommand):
             type=int,
             default=10,
             help="Warn about unsealed entries older than this many minutes (default 10).",
+        )
+        parser.add_argument(
+            "--fail-on-findings",
+            action="store_true",
+            help=f"Exit with status {FINDINGS_EXIT_CODE} when the chain is intact but has findings "
+            "(backdated entries).",
         )
         parser.add_argument(
             "--anchors-log",
@@ -83,12 +90,15 @@ class Command(BaseCommand):
         )
         if report.findings_total:
             for finding in report.findings:
-                self.stdout.write(f"FINDING: {finding.describe()}")
+                self.stderr.write(self.style.WARNING(f"FINDING: {finding.describe()}"))
             more = report.findings_total - len(report.findings)
             if more:
-                self.stdout.write(f"FINDING: … and {more} more")
-            raise CommandError(
-                f"{summary} But {report.findings_total} finding(s): entries whose time runs backwards along the chain.",
-                returncode=FINDINGS_EXIT_CODE,
-            )
+                self.stderr.write(self.style.WARNING(f"FINDING: … and {more} more"))
+            if options["fail_on_findings"]:
+                raise CommandError(
+                    f"{summary} But {report.findings_total} finding(s): entries whose time runs backwards "
+                    f"along the chain.",
+                    returncode=FINDINGS_EXIT_CODE,
+                )
+            summary += f" {report.findings_total} finding(s) (see the FINDING lines)."
         self.stdout.write(self.style.SUCCESS(f"OK: {summary}"))
