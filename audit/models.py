@@ -40,6 +40,9 @@ class AuditEvent(models.Model):
     seq = models.BigIntegerField(null=True, blank=True, unique=True)
     prev_hash = models.CharField(max_length=64, null=True, blank=True)
     entry_hash = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    # The id of the HMAC key that sealed it (audit/keys.py); "legacy" for entries sealed with
+    # the unkeyed SHA-256 before keys existed (migration 0005 marks them, rewriting nothing).
+    key_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         ordering = ["id"]
@@ -99,4 +102,7 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "task_id",
     "data",
 )
-DISPLAY_FIELDS: tuple[str, ...] = ("seq", *CONTENT_FIELDS, "prev_hash", "entry_hash")
+DISPLAY_FIELDS: tuple[str, ...] = ("seq", *CONTENT_FIELDS, "prev_hash", "entry_hash", "key_id")
+# What the sealer writes (the only columns the application's database role may UPDATE).
+SEAL_FIELDS: tuple[str, ...] = ("seq", "prev_hash", "entry_hash", "key_id")
+HEAD_UPDATE_FIELDS: tuple[str, ...] = ("seq", "entry_hash", "updated_at")

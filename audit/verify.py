@@ -9,7 +9,21 @@ checks what the sealer (`audit.services.audit_seal`) guarantees:
 - every `entry_hash` recomputes from the entry's content, its `seq` and its `prev_hash`;
 - the last entry is the one `AuditChainHead` names (seq and hash);
 - every `AuditAnchor` (the head copied out of the chain) matches the entry at its seq;
-- no unsealed row carries chain fields (the sealer writes all three at once).
+- no unsealed row carries chain fields (the sealer writes all three at once);
+- every entry's HMAC verifies with the key its `key_id` names (audit/keys.py); `legacy`
+  (unkeyed SHA-256, sealed before keys existed) only as the chain's prefix and, with
+  `AUDIT_LEGACY_MAX_SEQ` set, not past it — so a tail re-hashed without the key, keyed or
+  "legacy", is reported;
+- every anchor line of the application log (`--anchors-log`: `audit.anchor seq=… hash=…`),
+  kept outside the database, matches the entry at its seq, and none lies past the chain's
+  end (a TRUNCATE of the audit, head and anchor tables, or a restore that lost the last
+  entries);
+- on PostgreSQL, the high-water mark sequence `audit_chain_hwm` (which TRUNCATE does not
+  reset) is not past the chain's end.
+
+Timestamps that run backwards along `seq` by more than `AUDIT_TS_TOLERANCE_SECONDS` (the
+sealer records them as `audit.entry_backdated` findings) are reported as findings: the
+chain holds, but those entries' times are not credible.
 
 It stops at the first break and names its kind. The kind is the most likely explanation
 of what the evidence shows, not a proof: someone who can rewrite rows can also re-hash
@@ -27,16 +41,20 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from audit.keys import LEGACY_KEY_ID, UnknownAuditKey
 from audit.models import AuditAnchor, AuditChainHead, AuditEvent
-from audit.services import GENESIS_HASH, compute_entry_hash
+from audit.services import GENESIS_HASH, HWM_SEQUENCE, compute_entry_hash, ts_tolerance
 
 # How far past a broken link to look for the entry that really follows the previous one
 # (an inserted row sits between an entry and its genuine successor).
@@ -48,6 +66,45 @@ class BreakKind(enum.StrEnum):
     DELETED = "deleted"
     INSERTED = "inserted"
     TRUNCATED = "truncated"
+    UNKNOWN_KEY = "unknown key"
+
+
+@dataclass(frozen=True)
+class LogAnchor:
+    """An anchor line read back from the application log."""
+
+    seq: int
+    entry_hash: str
+    ts: str
+    line_no: int
+
+
+ANCHOR_LINE_RE = re.compile(r"audit\.anchor seq=(\d+) hash=([0-9a-f]{64}) ts=(\S+)")
+
+
+def read_log_anchors(path: str | Path) -> list[LogAnchor]:
+    """Every `audit.anchor seq=… hash=… ts=…` line of a log file, in seq order (other lines,
+    whatever the log's formatter put around the message, are ignored)."""
+    anchors: list[LogAnchor] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            match = ANCHOR_LINE_RE.search(line)
+            if match:
+                anchors.append(LogAnchor(int(match[1]), match[2], match[3], line_no))
+    anchors.sort(key=lambda a: (a.seq, a.line_no))
+    return anchors
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Not a break of the chain, but something an auditor must look at."""
+
+    seq: int
+    entry_id: int
+    detail: str
+
+    def describe(self) -> str:
+        return f"seq {self.seq} (entry id {self.entry_id}): {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +137,11 @@ class VerifyReport:
     unsealed: int = 0
     stale_unsealed: int = 0  # unsealed entries older than `stale_after`
     stale_after: timedelta = timedelta(minutes=10)
+    log_anchors_checked: int = 0
+    hwm: int | None = None  # PostgreSQL's audit_chain_hwm; None elsewhere
+    legacy_entries: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    findings_total: int = 0
     broken: ChainBreak | None = None
 
     @property
@@ -130,11 +192,19 @@ class _Anchors:
         return anchor
 
 
+MAX_FINDINGS_LISTED = 100
+
+
 class _Walk:
-    def __init__(self, report: VerifyReport, batch_size: int) -> None:
+    def __init__(self, report: VerifyReport, batch_size: int, log_anchors: list[LogAnchor] | None = None) -> None:
         self.report = report
         self.batch_size = batch_size
         self.anchors = _Anchors(batch_size)
+        self.log_anchors = list(reversed(log_anchors or []))  # popped from the end, seq order
+        self.keyed_seen: int | None = None  # seq of the first keyed entry
+        self.chain_ts: datetime | None = None
+        self.tolerance = ts_tolerance()
+        self.legacy_max_seq: int | None = settings.AUDIT_LEGACY_MAX_SEQ
         self.expected_seq = 1
         self.prev_hash = GENESIS_HASH
         self.prev: AuditEvent | None = None
@@ -173,6 +243,9 @@ class _Walk:
             return _break(BreakKind.INSERTED, event, f"seq {seq} lies before the chain's first entry (seq 1)")
         if seq > self.expected_seq:
             return self.gap(event)
+        scheme = self.check_scheme(event)
+        if scheme is not None:
+            return scheme
         if event.prev_hash != self.prev_hash:
             return self.link_broken(event)
         if event.entry_hash != compute_entry_hash(event=event, seq=seq, prev_hash=self.prev_hash):
@@ -185,7 +258,77 @@ class _Walk:
                     f"the same predecessor: this row was put into the chain",
                 )
             return _break(BreakKind.EDITED, event, "its content no longer matches its entry_hash")
-        return self.check_anchors(event)
+        self.check_ts(event)
+        return self.check_anchors(event) or self.check_log_anchors(event)
+
+    def check_scheme(self, event: AuditEvent) -> ChainBreak | None:
+        """The key the entry names exists, and `legacy` only where legacy entries can be."""
+        seq = event.seq
+        assert seq is not None
+        if event.key_id == LEGACY_KEY_ID:
+            self.report.legacy_entries += 1
+            if self.keyed_seen is not None:
+                return _break(
+                    BreakKind.EDITED,
+                    event,
+                    f"it claims the unkeyed legacy scheme after keyed entries (from seq {self.keyed_seen}): "
+                    f"it was re-hashed without the key",
+                )
+            if self.legacy_max_seq is not None and seq > self.legacy_max_seq:
+                return _break(
+                    BreakKind.EDITED,
+                    event,
+                    f"it claims the unkeyed legacy scheme past AUDIT_LEGACY_MAX_SEQ={self.legacy_max_seq}: "
+                    f"it was re-hashed without the key",
+                )
+            return None
+        if self.keyed_seen is None:
+            self.keyed_seen = seq
+        try:
+            compute_entry_hash(event=event, seq=seq, prev_hash="")
+        except UnknownAuditKey:
+            return _break(
+                BreakKind.UNKNOWN_KEY,
+                event,
+                f"it names the key id {event.key_id!r}, which AUDIT_HMAC_KEYS does not hold: "
+                f"keep retired keys after the current one (or the entry was forged)",
+            )
+        return None
+
+    def check_ts(self, event: AuditEvent) -> None:
+        """Time must not run backwards along the chain beyond the tolerance (a finding)."""
+        if self.chain_ts is not None and event.ts < self.chain_ts - self.tolerance:
+            self.report.findings_total += 1
+            if len(self.report.findings) < MAX_FINDINGS_LISTED:
+                behind = self.chain_ts - event.ts
+                self.report.findings.append(
+                    Finding(
+                        seq=event.seq or 0,
+                        entry_id=event.pk,
+                        detail=f"backdated: its ts {event.ts.isoformat()} lies {behind} before an earlier "
+                        f"entry's ({self.chain_ts.isoformat()}); tolerance {self.tolerance}",
+                    )
+                )
+            return
+        self.chain_ts = event.ts if self.chain_ts is None else max(self.chain_ts, event.ts)
+
+    def check_log_anchors(self, event: AuditEvent) -> ChainBreak | None:
+        seq = event.seq
+        assert seq is not None
+        while self.log_anchors and self.log_anchors[-1].seq <= seq:
+            anchor = self.log_anchors.pop()
+            if anchor.seq < seq:  # before seq 1
+                continue
+            self.report.log_anchors_checked += 1
+            if anchor.entry_hash != event.entry_hash:
+                return _break(
+                    BreakKind.EDITED,
+                    event,
+                    f"the anchor logged at {anchor.ts} (log line {anchor.line_no}) recorded "
+                    f"{_short(anchor.entry_hash)} for this seq, the chain now has {_short(event.entry_hash)}: "
+                    f"the chain was rewritten (or replaced) at or before this seq",
+                )
+        return None
 
     def gap(self, event: AuditEvent) -> ChainBreak:
         seq = event.seq
@@ -220,7 +363,10 @@ class _Walk:
             return _break(BreakKind.EDITED, event, "a sealed entry without prev_hash")
         target = AuditEvent.objects.filter(entry_hash=event.prev_hash).exclude(pk=event.pk).first()
         if target is None:
-            intact = event.entry_hash == compute_entry_hash(event=event, seq=seq, prev_hash=event.prev_hash)
+            try:
+                intact = event.entry_hash == compute_entry_hash(event=event, seq=seq, prev_hash=event.prev_hash)
+            except UnknownAuditKey:
+                intact = False
             if intact and self.prev is not None:
                 # This entry still hashes as sealed at this seq, so it was sealed right after
                 # a seq-1 entry whose hash it names; the row now at seq-1 hashes differently.
@@ -326,6 +472,26 @@ class _Walk:
                 detail=f"anchor id {anchor.pk} of {anchor.anchored_at:%Y-%m-%d %H:%M} names seq {anchor.seq} "
                 f"({_short(anchor.entry_hash)}); the chain ends at seq {last}",
             )
+        while self.log_anchors and self.log_anchors[-1].seq < 1:
+            self.log_anchors.pop()
+        if self.log_anchors:
+            logged = self.log_anchors[0]  # the highest seq the log knows of
+            return ChainBreak(
+                kind=BreakKind.TRUNCATED,
+                seq=last + 1,
+                entry_id=None,
+                detail=f"the application log anchored seq {logged.seq} ({_short(logged.entry_hash)}) at {logged.ts} "
+                f"(log line {logged.line_no}); the chain ends at seq {last}: entries were deleted, truncated "
+                f"or lost in a restore",
+            )
+        if report.hwm is not None and report.hwm > last:
+            return ChainBreak(
+                kind=BreakKind.TRUNCATED,
+                seq=last + 1,
+                entry_id=None,
+                detail=f"the high-water mark sequence {HWM_SEQUENCE} (which TRUNCATE does not reset) says seq "
+                f"{report.hwm} was sealed; the chain, its head and its anchors end at seq {last}",
+            )
         stray = (
             AuditEvent.objects.filter(seq__isnull=True)
             .filter(Q(entry_hash__isnull=False) | Q(prev_hash__isnull=False))
@@ -371,18 +537,37 @@ def _read_only_snapshot() -> Iterator[None]:
         yield
 
 
-def verify_chain(*, batch_size: int = 5000, stale_after: timedelta = timedelta(minutes=10)) -> VerifyReport:
+def _read_hwm(report: VerifyReport) -> None:
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:  # NULL when the sequence is missing
+        cursor.execute("SELECT pg_sequence_last_value(to_regclass(%s))", [HWM_SEQUENCE])
+        row = cursor.fetchone()
+        report.hwm = int(row[0]) if row is not None and row[0] is not None else None
+
+
+def verify_chain(
+    *,
+    batch_size: int = 5000,
+    stale_after: timedelta = timedelta(minutes=10),
+    log_anchors: list[LogAnchor] | None = None,
+) -> VerifyReport:
     """Check the sealed audit chain end to end; read-only (spec §9, `verify_audit_chain`).
 
-    Returns a report whose `broken` names the first break (kind, seq, entry id) or is None.
-    Unsealed entries older than `stale_after` are counted as a warning, not a break: the
-    sealer runs after every commit and every minute, so old unsealed rows mean it is stuck."""
+    Returns a report whose `broken` names the first break (kind, seq, entry id) or is None,
+    and whose `findings` list backdated entries. `log_anchors` (from `read_log_anchors`) are
+    the anchors kept outside the database. Unsealed entries older than `stale_after` are
+    counted as a warning, not a break: the sealer runs after every commit and every minute,
+    so old unsealed rows mean it is stuck."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     report = VerifyReport(stale_after=stale_after)
+    # Before the snapshot: the sealer raises the mark only after its commit, so a mark read
+    # first never lies past what the (later) snapshot sees.
+    _read_hwm(report)
     with _read_only_snapshot():
         _read_head(report)
-        walk = _Walk(report, batch_size)
+        walk = _Walk(report, batch_size, log_anchors)
         while True:
             broken = walk.run()
             if broken is not None or _chain_end_reached(walk, report):

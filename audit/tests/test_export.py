@@ -51,6 +51,7 @@ COLUMNS = [
     "seq",
     "prev_hash",
     "entry_hash",
+    "key_id",
 ]
 FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
 

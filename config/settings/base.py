@@ -421,3 +421,17 @@ CELERY_BEAT_SCHEDULE["notifications-dispatch"] = {
     "task": "notifications.tasks.notifications_dispatch_task",
     "schedule": float(env.int("NOTIFICATIONS_DISPATCH_SECONDS", default=300)),
 }
+
+# --- Audit chain: HMAC keys, time tolerance, legacy boundary (issue 12; audit/keys.py) ---
+# AUDIT_HMAC_KEYS: "<key id>:<secret>,<older id>:<secret>", the current key first; older keys
+# only verify entries sealed before a rotation. The default is a fixed, non-secret
+# development key; production refuses to start with it or without the variable.
+AUDIT_HMAC_KEYS = env.str("AUDIT_HMAC_KEYS", default="dev:dev-only-audit-hmac-key-not-a-secret-0123456789")
+# How far an entry's ts may lie before the latest sealed entry's (or after now) before the
+# sealer records it as a finding and the verifier reports it.
+AUDIT_TS_TOLERANCE_SECONDS = env.int("AUDIT_TS_TOLERANCE_SECONDS", default=300)
+# The last seq sealed with the unkeyed (legacy) scheme, as migration audit 0005 logged it:
+# the verifier then refuses legacy entries past it. Unset: legacy entries are accepted
+# only as the chain's prefix (never after a keyed entry).
+_audit_legacy_max_seq = env.str("AUDIT_LEGACY_MAX_SEQ", default="").strip()
+AUDIT_LEGACY_MAX_SEQ: int | None = int(_audit_legacy_max_seq) if _audit_legacy_max_seq else None

@@ -5,6 +5,8 @@ or Stripe is half-configured (config/tests/test_production_settings.py).
 Required: DJANGO_SECRET_KEY (50+ random characters), DJANGO_ALLOWED_HOSTS, STRIPE_SECRET_KEY,
 STRIPE_WEBHOOK_SECRET (`whsec_…`), STRIPE_PUSH_ENABLED=true (or, to run with pushes off on
 purpose, STRIPE_DISABLED_I_KNOW=true instead), STRIPE_API_BASE empty (Stripe's own) or https://.
+AUDIT_HMAC_KEYS (`<key id>:<secret>[,<older id>:<secret>…]`, secrets of 32+ characters,
+not the development key) keys the audit chain.
 Refused: STRIPE_ALLOW_IN_TRANSACTION (a test-only escape hatch), OPERATOR_MFA_REQUIRED=false,
 OPERATOR_MFA_THROTTLE_FACTOR=0 (operator MFA, config/mfa/).
 Behind a TLS-terminating proxy that overwrites X-Forwarded-Proto: DJANGO_BEHIND_TLS_PROXY=true,
@@ -15,6 +17,9 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from audit.keys import DEV_KEY_MARKER as DEV_AUDIT_KEY_MARKER
+from audit.keys import MIN_SECRET_LENGTH as MIN_AUDIT_SECRET_LENGTH
+from audit.keys import parse_keys as parse_audit_keys
 from config.settings.base import *  # noqa: F403
 from config.settings.base import (
     OPERATOR_MFA_REQUIRED,
@@ -113,6 +118,18 @@ if 0 < len(env.str("METRICS_TOKEN", default="")) < 32:
 # Load-balancer probes: /health/live and /health/ready are answered before the HTTPS
 # redirect and admit HEALTH_CHECK_HOSTS besides ALLOWED_HOSTS (ops/middleware.py); they
 # carry no cookie, token or data. Everything else, /metrics included, keeps both checks.
+
+# The audit chain's HMAC keys (audit/keys.py): without one, anyone with database access
+# could rewrite and re-hash the chain's tail undetectably.
+_audit_keys = parse_audit_keys(_required("AUDIT_HMAC_KEYS"))
+for _key_id, _secret in _audit_keys:
+    if len(_secret) < MIN_AUDIT_SECRET_LENGTH or DEV_AUDIT_KEY_MARKER.encode() in _secret:
+        raise ImproperlyConfigured(
+            f"AUDIT_HMAC_KEYS: the secret of key {_key_id!r} must be {MIN_AUDIT_SECRET_LENGTH}+ random "
+            "characters, not the development key."
+        )
+if globals().get("AUDIT_RESET_HWM_ON_FLUSH"):
+    raise ImproperlyConfigured("AUDIT_RESET_HWM_ON_FLUSH is a test-only setting: unset it in production.")
 
 # Transmission security (HIPAA 164.312(e)): HTTPS only, HSTS for a year with subdomains.
 SECURE_SSL_REDIRECT = True

@@ -22,3 +22,12 @@ STRIPE_RATE_LIMIT_ENABLED = False  # not from the environment: a .env must not c
 
 # Emails: no after-commit dispatch messages to a broker; tests call the dispatcher themselves.
 NOTIFICATIONS_DISPATCH_AFTER_COMMIT = False
+
+
+# --- Audit chain (issue 12) ---
+# A fixed, non-secret key: tests that rotate keys override it.
+AUDIT_HMAC_KEYS = "test:dev-only-audit-hmac-key-for-tests-0123456789"
+# Django's test flush truncates the audit tables between transactional tests; the
+# high-water mark sequence (which outlives TRUNCATE on purpose) is reset with it, or the
+# next test would see a truncated chain. Never in production (production.py refuses it).
+AUDIT_RESET_HWM_ON_FLUSH = True

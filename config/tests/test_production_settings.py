@@ -57,6 +57,19 @@ REFUSED = [
     pytest.param({"OPERATOR_MFA_REQUIRED": "false"}, "OPERATOR_MFA_REQUIRED", id="operator mfa off"),
     pytest.param({"OPERATOR_MFA_REQUIRED": "0"}, "OPERATOR_MFA_REQUIRED", id="operator mfa 0"),
     pytest.param({"OPERATOR_MFA_THROTTLE_FACTOR": "0"}, "OPERATOR_MFA_THROTTLE_FACTOR", id="mfa throttling off"),
+
+    # 5. No audit chain key (issue 12): the chain would be an unkeyed hash anyone can redo.
+    pytest.param({"AUDIT_HMAC_KEYS": None}, "AUDIT_HMAC_KEYS", id="no audit key"),
+    pytest.param({"AUDIT_HMAC_KEYS": "  "}, "AUDIT_HMAC_KEYS", id="blank audit key"),
+    pytest.param({"AUDIT_HMAC_KEYS": "k1:short"}, "AUDIT_HMAC_KEYS", id="short audit key"),
+    pytest.param({"AUDIT_HMAC_KEYS": "no-key-id-" + "x" * 40}, "AUDIT_HMAC_KEYS", id="audit key without id"),
+    pytest.param(
+        {"AUDIT_HMAC_KEYS": "dev:dev-only-audit-hmac-key-not-a-secret-0123456789"},
+        "AUDIT_HMAC_KEYS",
+        id="development audit key",
+    ),
+    pytest.param({"AUDIT_HMAC_KEYS": "k2:" + "y" * 40 + ",k1:short"}, "AUDIT_HMAC_KEYS", id="short retired audit key"),
+    pytest.param({"AUDIT_HMAC_KEYS": "legacy:" + "z" * 40}, "AUDIT_HMAC_KEYS", id="reserved audit key id"),
 ]
 
 
@@ -75,11 +88,14 @@ def test_it_refuses_to_start_in_production_half_configured(overrides: dict[str, 
         pytest.param({"STRIPE_API_BASE": "https://api.stripe.com"}, id="https base"),
         pytest.param({"STRIPE_API_BASE": "HTTPS://api.stripe.com/"}, id="HTTPS base"),
         pytest.param({"STRIPE_ALLOW_IN_TRANSACTION": "false"}, id="escape hatch explicitly off"),
+        pytest.param({"AUDIT_HMAC_KEYS": "k2:" + "n" * 40 + ",k1:" + "o" * 40}, id="rotated audit keys"),
     ],
 )
 def test_it_starts_in_production_fully_configured(overrides: dict[str, str | None]) -> None:
     s = production_settings(**overrides)
     assert s["OPERATOR_MFA_REQUIRED"] is True and s["OTP_TOTP_THROTTLE_FACTOR"] >= 1  # on unless said otherwise
+
+    assert "dev-only" not in s["AUDIT_HMAC_KEYS"]
     assert s["STRIPE_PUSH_ENABLED"] is True
     assert s["STRIPE_WEBHOOK_SECRET"].startswith("whsec_")
     assert not s.get("STRIPE_ALLOW_IN_TRANSACTION")

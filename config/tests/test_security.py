@@ -362,6 +362,7 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         "STRIPE_SECRET_KEY": "sk_live_" + secrets.token_hex(16),
         "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
         "STRIPE_PUSH_ENABLED": "true",
+        "AUDIT_HMAC_KEYS": f"k1:{secrets.token_urlsafe(48)}",
         "CACHE_URL": "locmemcache://",
         "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'unused-production-check.sqlite3'}",
         # The offices' emails (notifications/): production refuses to start without SMTP over TLS.
