@@ -300,7 +300,11 @@ class OutOfBandPaymentForm(ConsoleFormMixin, forms.Form):
     the amount in major units of the invoice's currency, the date in the office's zone."""
 
     method = forms.ChoiceField(choices=list(PAYMENT_METHODS.items()))
-    reference = forms.CharField(max_length=80, required=False, help_text="Cheque number, wire reference…")
+    reference = forms.CharField(
+        max_length=80,
+        help_text="Cheque number, wire reference… Required: it is how the payment is found again.",
+        error_messages={"required": "Give the payment's reference (the cheque number, the wire reference)."},
+    )
     received_on = forms.DateField(help_text="The date the payment was received (YYYY-MM-DD).")
     amount = forms.DecimalField(min_value=0, max_digits=14, decimal_places=2)
     note = forms.CharField(max_length=120, required=False)

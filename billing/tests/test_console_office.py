@@ -229,3 +229,16 @@ def test_it_links_the_stripe_customer_where_the_dashboard_is_configured(operator
     assert 'href="' not in buttons(operator, office).split("cus_Hub123")[0][-200:]  # no dashboard: plain id
     settings.STRIPE_DASHBOARD_URL = "https://dashboard.stripe.com/test/"
     assert 'href="https://dashboard.stripe.com/test/customers/cus_Hub123"' in buttons(operator, office)
+
+
+def test_it_asks_for_the_reference_of_a_payment_made_outside_stripe(operator, plans):
+    office = OfficeFactory()
+    with at(NOW):
+        subscription_create(office=office, plan_code="professional")
+    setup_fee = Invoice.objects.get(office=office, kind=InvoiceKind.ONE_OFF)
+    url = reverse("admin:billing_invoice_changelist") + f"{setup_fee.pk}/record-payment/"
+    answer = operator.post(
+        url, {"apply": "1", "method": "wire", "reference": " ", "received_on": "2026-05-10", "amount": "500.00"}
+    )
+    assert answer.status_code == 200 and "Give the payment&#x27;s reference" in answer.content.decode()
+    assert Invoice.objects.get(pk=setup_fee.pk).status == InvoiceStatus.OPEN
