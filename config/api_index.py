@@ -27,6 +27,8 @@ RESOURCES = {
     "invoice_mark_uncollectible": "/api/v1/invoices/{invoice_id}/mark-uncollectible/",
     "audit_events": "/api/v1/audit-events/",
     "audit_events_export": "/api/v1/audit-events/export/",
+    "access_reviews": "/api/v1/access-reviews/",
+    "access_review_export": "/api/v1/access-reviews/{review_id}/export/",
 }
 
 

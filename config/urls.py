@@ -17,6 +17,7 @@ from billing.api import (
     SubscriptionView,
 )
 from billing.stripe.webhooks import stripe_webhook
+from compliance.api import AccessReviewExportView, AccessReviewsView
 from config.api_index import api_index
 from config.auth_api import LogoutView, TokenView
 from config.mfa.views import enrol_view, recovery_codes_view, verify_view
@@ -47,6 +48,8 @@ api_v1 = [
     path("invoices/<int:invoice_id>/mark-uncollectible/", InvoiceMarkUncollectibleView.as_view()),
     path("audit-events/", AuditEventsView.as_view()),
     path("audit-events/export/", AuditEventsExportView.as_view()),
+    path("access-reviews/", AccessReviewsView.as_view()),
+    path("access-reviews/<int:review_id>/export/", AccessReviewExportView.as_view()),
 ]
 
 urlpatterns = [

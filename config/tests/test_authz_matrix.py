@@ -122,6 +122,20 @@ def subscribed(w: World) -> dict[str, Any]:
     return {"inv": setup.pk}
 
 
+def reviewed(w: World) -> dict[str, Any]:
+    """One access review of the ten days before T0, recorded by the auditor."""
+    from compliance.services import access_review_record
+
+    with at(T0):
+        review = access_review_record(
+            reviewer=w.users["auditor"],
+            period_start=T0 - timedelta(days=10),
+            period_end=T0 - timedelta(days=1),
+            findings="No findings.",
+        )
+    return {"rid": review.pk}
+
+
 def inactive_patient(w: World) -> dict[str, Any]:
     with at(T0 - timedelta(days=1)):
         patient = PatientFactory(office=w.office_a)
@@ -153,7 +167,7 @@ def grantee(w: World) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Row:
     method: str
-    path: str  # {A} office A, {pid} patient, {inv} invoice, {uid} user
+    path: str  # {A} office A, {pid} patient, {inv} invoice, {uid} user, {rid} access review
     expect: tuple[int, int, int, int, int, int]  # in ROLES order
     given: tuple[Callable[[World], dict[str, Any]], ...] = ()
     body: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -231,6 +245,12 @@ MATRIX: list[Row] = [
     # against localstripe in billing/tests/stripe/test_push.py.
     Row("post", "offices/{A}/payment-method-session/",     (ANON, 403, 503, 404, 403, 503), body=lambda c: {}),
     Row("get", "audit-events/export/",                     (ANON, 403, 200, 200, 200, 200), given=(subscribed,)),
+    # Access reviews (issue 12) are the compliance auditors' and the operators' only.
+    Row("get", "access-reviews/",                          (ANON, 403, 403, 403, 200, 200), given=(reviewed,)),
+    Row("post", "access-reviews/",                         (ANON, 403, 403, 403, 201, 201),
+        body=lambda c: {"period_start": "2026-03-01T00:00:00+00:00", "period_end": "2026-03-02T00:00:00+00:00",
+                        "findings": "No findings."}),
+    Row("get", "access-reviews/{rid}/export/",             (ANON, 403, 403, 403, 200, 200), given=(reviewed,)),
 ]
 # fmt: on
 
@@ -268,6 +288,7 @@ def _route(path: str) -> str:
         .replace("{pid}", "<int:patient_id>")
         .replace("{inv}", "<int:invoice_id>")
         .replace("{uid}", "<int:user_id>")
+        .replace("{rid}", "<int:review_id>")
     )
 
 

@@ -104,7 +104,7 @@ def test_the_api_root_answers_with_its_index_of_every_resource(client: Client) -
     body = response.json()
     assert body["documentation"] == "/api/docs/" and body["schema"] == "/api/schema/"
     listed = {
-        str(resolve(path.format(office_id=1, patient_id=1, invoice_id=1, user_id=1)).route)
+        str(resolve(path.format(office_id=1, patient_id=1, invoice_id=1, user_id=1, review_id=1)).route)
         for path in body["resources"].values()
     }
     served = {f"api/v1/{pattern.pattern}" for pattern in api_v1} | {"api/v1/auth/token/", "api/v1/auth/logout/"}
