@@ -18,7 +18,9 @@ OPERATOR_MFA_REQUIRED = False
 # Stripe pacing (billing/stripe/pacing.py) is off: the suite's localstripes are not Stripe,
 # and CI's CACHE_URL is Redis, so every test process would share one 22/s budget. The
 # pacing tests (billing/tests/stripe/test_pacing*.py) turn it on with their own settings.
-STRIPE_RATE_LIMIT_ENABLED = False  # not from the environment: a .env must not change the suite
+STRIPE_RATE_LIMIT_ENABLED = env.bool(
+    "STRIPE_RATE_LIMIT_ENABLED", default=False
+)  # the pacing tests' worker processes turn it on
 
 # Emails: no after-commit dispatch messages to a broker; tests call the dispatcher themselves.
 NOTIFICATIONS_DISPATCH_AFTER_COMMIT = False

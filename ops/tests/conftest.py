@@ -37,12 +37,15 @@ def redis_server_or_skip() -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Callable[..., None]]:
+def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Point the Celery app at a broker for this test: `broker("redis://…")`, or the
-    embedded filesystem broker in a folder of the test's (`broker(folder=…)`)."""
+    embedded filesystem broker in a folder of the test's (`broker(folder=…)`). Celery reads
+    CELERY_BROKER_URL from the environment before its own setting (CI sets it), so the
+    variable is set for the test too."""
     before = (app.conf.broker_url, app.conf.broker_transport_options)
 
     def use(url: str = "filesystem://", *, folder: Path | None = None) -> None:
+        monkeypatch.setenv("CELERY_BROKER_URL", url)
         if url.startswith("filesystem://"):
             where = folder if folder is not None else tmp_path / "broker"
             app.conf.broker_transport_options = {
