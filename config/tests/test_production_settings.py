@@ -57,7 +57,6 @@ REFUSED = [
     pytest.param({"OPERATOR_MFA_REQUIRED": "false"}, "OPERATOR_MFA_REQUIRED", id="operator mfa off"),
     pytest.param({"OPERATOR_MFA_REQUIRED": "0"}, "OPERATOR_MFA_REQUIRED", id="operator mfa 0"),
     pytest.param({"OPERATOR_MFA_THROTTLE_FACTOR": "0"}, "OPERATOR_MFA_THROTTLE_FACTOR", id="mfa throttling off"),
-
     # 5. No audit chain key (issue 12): the chain would be an unkeyed hash anyone can redo.
     pytest.param({"AUDIT_HMAC_KEYS": None}, "AUDIT_HMAC_KEYS", id="no audit key"),
     pytest.param({"AUDIT_HMAC_KEYS": "  "}, "AUDIT_HMAC_KEYS", id="blank audit key"),
