@@ -318,6 +318,11 @@ def main() -> int:
             return _finish(children, stop, failed="web")
         celery_argv = [str(BIN / "celery"), "-A", "config", "worker", "-B", "--pool=solo", "--loglevel=INFO"]
         children.append(Child("celery", celery_argv, env))
+        # Beat's first hourly tick comes an hour after a new schedule: ask for one now, so the
+        # billing run is current and /health/ready (and the console) see a recent tick.
+        tick = [str(BIN / "celery"), "-A", "config", "call", "billing.tasks.billing_run_tick"]
+        if run_step("first tick", tick, env, stop) is None:
+            return _finish(children, stop)
         banner(web_port, stripe_port, env)
 
         while True:
