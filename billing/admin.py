@@ -501,37 +501,23 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
         invoices = list(queryset.select_related("office").order_by("pk"))
         form = VoidForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
-            voided: list[str] = []
-            for invoice in invoices:
-                try:
-                    invoice_void(invoice=invoice, actor=request.user, reason=form.cleaned_data["reason"])
-                except ApplicationError as exc:
-                    self.message_user(request, exc.message, messages.WARNING)
-                else:
-                    voided.append(str(invoice))
-            if voided:
-                self.message_user(request, f"Voided {len(voided)} invoice(s): {', '.join(voided)}.", messages.SUCCESS)
+            reason = form.cleaned_data["reason"]
+            self._each(
+                request, invoices, lambda inv: invoice_void(invoice=inv, actor=request.user, reason=reason), "Voided"
+            )
             return None
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Void {len(invoices)} invoice(s)",
-            "invoices_count": str(len(invoices)),
-            "opts": self.model._meta,
-            "invoices": [
-                {
-                    "pk": invoice.pk,
-                    "label": str(invoice),
-                    "office": invoice.office.name,
-                    "status": invoice.get_status_display(),
-                    "total": format_cents(invoice.total_cents, invoice.currency),
-                }
-                for invoice in invoices
-            ],
-            "form": form,
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media + form.media,
-        }
-        return TemplateResponse(request, "admin/billing/void_invoices.html", context)
+        return self._confirm_page(
+            request,
+            invoices,
+            form=form,
+            title=f"Void {len(invoices)} invoice(s)",
+            intro=(
+                "These invoices will be voided. Their content stays as it is; a voided invoice is never "
+                "collected, and Stripe is told to void its copy. A correction is a new invoice."
+            ),
+            submit=f"Void {len(invoices)} invoice(s)",
+            action_name="void_invoices",
+        )
 
     @admin.action(description="Record payment made outside Stripe (cheque, wire)", permissions=("void",))
     def mark_paid_out_of_band(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
@@ -580,16 +566,13 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
         invoices = list(queryset.select_related("office").order_by("pk"))
         form = WriteOffForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
-            done: list[str] = []
-            for invoice in invoices:
-                try:
-                    invoice_mark_uncollectible(invoice=invoice, actor=request.user, reason=form.cleaned_data["reason"])
-                except ApplicationError as exc:
-                    self.message_user(request, exc.message, messages.WARNING)
-                else:
-                    done.append(str(invoice))
-            if done:
-                self.message_user(request, f"Wrote off {len(done)} invoice(s): {', '.join(done)}.", messages.SUCCESS)
+            reason = form.cleaned_data["reason"]
+            self._each(
+                request,
+                invoices,
+                lambda inv: invoice_mark_uncollectible(invoice=inv, actor=request.user, reason=reason),
+                "Wrote off",
+            )
             return None
         return self._confirm_page(
             request,
@@ -604,6 +587,19 @@ class InvoiceAdmin(AuditedReadsMixin, ReadOnlyAdminMixin, ModelAdmin):
             submit=f"Write off {len(invoices)} invoice(s)",
             action_name="mark_uncollectible",
         )
+
+    def _each(self, request: HttpRequest, invoices: list[Invoice], call: Any, done_verb: str) -> None:
+        """Apply a service to each invoice; each refusal is a warning, the successes one message."""
+        done: list[str] = []
+        for invoice in invoices:
+            try:
+                call(invoice)
+            except ApplicationError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+            else:
+                done.append(str(invoice))
+        if done:
+            self.message_user(request, f"{done_verb} {len(done)} invoice(s): {', '.join(done)}.", messages.SUCCESS)
 
     def _confirm_page(
         self,
