@@ -374,6 +374,21 @@ def invoice_void_sync(*, invoice_id: int, gateway: Gateway | None = None) -> Non
         _release(invoice_id)
 
 
+def _stripe_copy_or_settle(invoice: Invoice, gw: Gateway) -> str | None:
+    """The Stripe invoice of a voided or written-off invoice (looked up by metadata when an
+    attempt may have created it without storing its id); None when Stripe never had it,
+    and then its Stripe side is settled: nothing there to collect."""
+    office = invoice.office
+    stripe_id = invoice.stripe_invoice_id
+    if stripe_id is None and invoice.push_attempts and office.payment_provider_customer_id:
+        stripe_id = _find_existing(gw, office.payment_provider_customer_id, invoice)
+    if stripe_id is None:
+        Invoice.objects.filter(pk=invoice.pk, push_state__in=[PushState.PENDING, PushState.FAILED]).update(
+            push_state=PushState.NOT_REQUIRED
+        )
+    return stripe_id
+
+
 def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
     invoice = Invoice.objects.select_related("office").get(pk=invoice_id)
     if invoice.status == InvoiceStatus.UNCOLLECTIBLE:
@@ -383,13 +398,8 @@ def _claimed_void_sync(*, invoice_id: int, gateway: Gateway | None) -> None:
         return
     gw = gateway or Gateway()
     office = invoice.office
-    stripe_id = invoice.stripe_invoice_id
-    if stripe_id is None and invoice.push_attempts and office.payment_provider_customer_id:
-        stripe_id = _find_existing(gw, office.payment_provider_customer_id, invoice)
+    stripe_id = _stripe_copy_or_settle(invoice, gw)
     if stripe_id is None:
-        Invoice.objects.filter(pk=invoice.pk, push_state__in=[PushState.PENDING, PushState.FAILED]).update(
-            push_state=PushState.NOT_REQUIRED
-        )
         return
     remote = gw.invoice_retrieve(stripe_invoice_id=stripe_id)
     status = remote["status"]
@@ -420,13 +430,8 @@ def _claimed_write_off_sync(*, invoice: Invoice, gateway: Gateway | None) -> Non
     Stripe already settled otherwise is a mismatch for an operator, reported once."""
     office = invoice.office
     gw = gateway or Gateway()
-    stripe_id = invoice.stripe_invoice_id
-    if stripe_id is None and invoice.push_attempts and office.payment_provider_customer_id:
-        stripe_id = _find_existing(gw, office.payment_provider_customer_id, invoice)
-    if stripe_id is None:  # never reached Stripe: nothing there to collect
-        Invoice.objects.filter(pk=invoice.pk, push_state__in=[PushState.PENDING, PushState.FAILED]).update(
-            push_state=PushState.NOT_REQUIRED
-        )
+    stripe_id = _stripe_copy_or_settle(invoice, gw)
+    if stripe_id is None:
         return
     remote = gw.invoice_retrieve(stripe_invoice_id=stripe_id)
     status = remote["status"]
