@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from billing.models import Invoice, InvoiceKind, InvoiceStatus, PushState
+from billing.models import Invoice, InvoiceStatus, PushState
 from billing.services import invoice_void
 from billing.stripe.gateway import Gateway, client
 from billing.stripe.tasks import enqueue_pending_pushes
@@ -21,11 +21,10 @@ from billing.tests.support.stripe_helpers import (
     audits,
     billed_office,
     localstripe_env,
-    push_all,
+    pushed_cycle,
     stripe_post,
     stripe_status,
 )
-from config.celery_app import app
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,23 +40,6 @@ def gateway(settings: Any, stripe_url: str) -> Iterator[Gateway]:
     settings.INVOICE_NUMBER_PREFIX = f"V{uuid.uuid4().hex[:6].upper()}"  # one localstripe, many tests
     with localstripe_env(settings, stripe_url):
         yield Gateway(client(api_base=stripe_url))
-
-
-@pytest.fixture
-def eager() -> Iterator[None]:
-    """The enqueued task runs in this process (Celery's eager mode); the broker's own part of
-    the hourly tick is proven with a real worker in engine/test_tasks.py."""
-    app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        app.conf.task_always_eager = False
-
-
-def pushed_cycle(gateway: Gateway) -> Invoice:
-    office = billed_office(patients=3)
-    push_all(office, gateway)
-    return Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
 
 
 def test_a_void_whose_sync_task_was_lost_is_carried_by_the_hourly_catch_up(

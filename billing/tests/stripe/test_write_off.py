@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.models import Invoice, InvoiceKind, InvoiceStatus, PushState
+from billing.models import Invoice, InvoiceStatus, PushState
 from billing.services import invoice_mark_uncollectible
 from billing.stripe.gateway import Gateway, client
 from billing.stripe.tasks import enqueue_pending_pushes
@@ -25,11 +25,10 @@ from billing.tests.support.stripe_helpers import (
     audits,
     billed_office,
     localstripe_env,
-    push_all,
+    pushed_cycle,
     stripe_post,
     stripe_status,
 )
-from config.celery_app import app
 from config.errors import ApplicationError, ConflictError
 from offices.models import SubscriptionStatus
 
@@ -47,22 +46,6 @@ def gateway(settings: Any, stripe_url: str) -> Iterator[Gateway]:
     settings.INVOICE_NUMBER_PREFIX = f"W{uuid.uuid4().hex[:6].upper()}"  # one localstripe, many tests
     with localstripe_env(settings, stripe_url):
         yield Gateway(client(api_base=stripe_url))
-
-
-@pytest.fixture
-def eager() -> Iterator[None]:
-    """The enqueued task runs in this process (Celery's eager mode)."""
-    app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        app.conf.task_always_eager = False
-
-
-def pushed_cycle(gateway: Gateway) -> Invoice:
-    office = billed_office(patients=3)
-    push_all(office, gateway)
-    return Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
 
 
 def test_it_writes_off_an_open_invoice_and_stripe_stops_collecting_it(

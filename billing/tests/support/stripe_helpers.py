@@ -24,7 +24,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from billing.engine.run import billing_run
-from billing.models import Invoice, InvoiceStatus, Plan
+from billing.models import Invoice, InvoiceKind, InvoiceStatus, Plan
 from billing.services import patient_activate, subscription_create
 from billing.stripe.gateway import STRIPE_API_VERSION, Gateway
 from billing.stripe.push import customer_ensure, invoice_push
@@ -190,6 +190,13 @@ def push_all(office: Office, gateway: Gateway) -> list[Invoice]:
     pushed = [invoice_push(invoice_id=invoice.pk, gateway=gateway) for invoice in finalized(office)]
     office.refresh_from_db()  # the push stored the Stripe customer id
     return pushed
+
+
+def pushed_cycle(gateway: Gateway, patients: int = 3) -> Invoice:
+    """A billed office's finalized cycle invoice, pushed (open in Stripe)."""
+    office = billed_office(patients=patients)
+    push_all(office, gateway)
+    return Invoice.objects.get(office=office, kind=InvoiceKind.CYCLE, status=InvoiceStatus.OPEN)
 
 
 def stripe_status(url: str, stripe_invoice_id: str) -> str:
